@@ -50,7 +50,10 @@ fn accuracy(name: &str, set: &[(String, Dialect)]) -> f64 {
         }
     }
     let acc = correct as f64 / set.len() as f64;
-    println!("{name}: dialect accuracy {correct}/{} = {acc:.3} (rows: truth; columns: msa egy gulf lev magh)", set.len());
+    println!(
+        "{name}: dialect accuracy {correct}/{} = {acc:.3} (rows: truth; columns: msa egy gulf lev magh)",
+        set.len()
+    );
     for d in Dialect::ALL {
         let row: Vec<String> = Dialect::ALL
             .iter()

@@ -62,8 +62,16 @@ pub fn search_form(s: &str) -> String {
     if search_fast(s, &mut out) {
         return out;
     }
+    // Not clean: fold and compose once, after which the fast path almost
+    // always applies (it fails on the train form only for an uncomposed
+    // combining hamza/madda or a Latin letter with a multi-char lowercase).
+    let train = train_cow(s);
     out.clear();
-    search_general(&train_cow(s), out)
+    if search_fast(&train, &mut out) {
+        return out;
+    }
+    out.clear();
+    search_general(&train, out)
 }
 
 /// The train form in visual order with contextual letter shapes, line by line.
@@ -95,7 +103,7 @@ pub(crate) fn train_cow(s: &str) -> Cow<'_, str> {
     }
     // Deletion happens before composition: a removed ZWJ between a letter and
     // a combining hamza must not block NFC, or train would not be idempotent.
-    if is_nfc_quick(folded.chars()) == IsNormalized::Yes {
+    if is_train_clean(&folded) {
         Cow::Owned(folded)
     } else {
         Cow::Owned(folded.nfc().collect())
@@ -265,7 +273,11 @@ fn search_fast(s: &str, out: &mut String) -> bool {
         let b = bytes[i];
         if b < 0x80 {
             last_ccc = 0;
-            if b == b' ' && !pending && (run < i || !out.is_empty()) && bytes.get(i + 1).is_some_and(|&n| !may_start_whitespace(n)) {
+            if b == b' '
+                && !pending
+                && (run < i || !out.is_empty())
+                && bytes.get(i + 1).is_some_and(|&n| !may_start_whitespace(n))
+            {
                 // A single space between words stays as it is.
                 i += 1;
             } else if b.is_ascii_whitespace() || b == 0x0B {
