@@ -2,6 +2,8 @@
 //! command's arguments into library calls and prints the result for people
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
+mod bench_infer;
+mod model;
 mod status;
 mod text;
 
@@ -53,6 +55,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
         Command::Text(c) => text::run(c),
+        Command::Model(c) => model::run(&ctx, c),
+        Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
+        Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }

@@ -12,6 +12,7 @@
 //! Typed queries live beside this file, one file per area.
 
 mod events;
+mod models;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 
 pub use events::{Event, Level};
+pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
 
 /// Busy timeout for every connection. Readers in WAL mode never block the
