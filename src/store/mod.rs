@@ -12,6 +12,7 @@
 //! Typed queries live beside this file, one file per area.
 
 mod events;
+pub mod ingest;
 mod status;
 
 use std::path::{Path, PathBuf};
