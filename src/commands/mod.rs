@@ -5,6 +5,7 @@
 mod docs;
 mod ingest;
 mod status;
+mod text;
 
 use std::path::Path;
 
@@ -57,7 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
-        Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
+        Command::Text(c) => text::run(c),
         Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
