@@ -39,7 +39,7 @@ fn each_bad_input_is_rejected_with_its_reason_beside_it() {
         ("garbage.pdf", b"%PDF-1.4\nthis is not a pdf at all\n".to_vec(), "unreadable PDF"),
         ("photo.xyz", b"some bytes".to_vec(), "unsupported file type \".xyz\"; supported: .txt .md"),
         ("no-qa.csv", b"name,age\nsalem,40\n".to_vec(), "no question and answer columns"),
-        ("all-bad.jsonl", b"{oops\n[1,2]\n".to_vec(), "no question\xe2\x80\x93answer rows"),
+        ("all-bad.jsonl", b"{oops\n[1,2]\n".to_vec(), "no question–answer rows"),
         ("big.txt", vec![b'a'; (1 << 20) + 10], "file too large: 2 MiB (limit 1 MiB"),
     ];
     for (name, bytes, _) in &cases {

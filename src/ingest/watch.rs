@@ -83,6 +83,8 @@ pub fn needs_polling(path: &Path) -> bool {
     [NFS, SMB, CIFS, SMB2, FUSE, V9FS].contains(&t)
 }
 
+/// Held only to keep the watch alive: dropping it stops notify's thread.
+#[allow(dead_code)]
 enum Active {
     Events(RecommendedWatcher),
     Polling(PollWatcher),

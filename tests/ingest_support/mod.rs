@@ -34,11 +34,18 @@ impl Env {
         let drop = dir.path().join("drop");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&drop).unwrap();
-        let text = format!(
-            "[paths]\ndata_dir = {:?}\n[ingest]\ndrop_folder = {:?}\nstability_secs = 1\nextract_timeout_secs = 20\n{extra}\n",
+        let mut text = format!(
+            "[paths]\ndata_dir = {:?}\n[ingest]\ndrop_folder = {:?}\n",
             data.display().to_string(),
             drop.display().to_string()
         );
+        for (key, value) in [("stability_secs", "1"), ("extract_timeout_secs", "20")] {
+            if !extra.contains(key) {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text.push_str(extra);
+        text.push('\n');
         let config_file = dir.path().join("warsha.toml");
         std::fs::write(&config_file, &text).unwrap();
         let cfg = Config::from_layers(Some(("test.toml", &text))).unwrap();

@@ -74,6 +74,8 @@ impl Extractor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // A panic's message, not a backtrace, is what the reason should quote.
+        cmd.env("RUST_BACKTRACE", "0");
         if let Some(f) = &self.fault {
             cmd.env("WARSHA_FAULT", f);
         }
@@ -155,12 +157,12 @@ impl Extractor {
         if err.contains("memory allocation") || err.contains("out of memory") || err.contains("Cannot allocate") {
             return Err(Reject::OutOfMemory { limit_mib: self.memory_limit / MIB });
         }
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.contains("RUST_BACKTRACE"))
-            .unwrap_or("")
-            .trim();
+        // A panic prints "thread 'main' panicked at FILE:LINE:" then the message.
+        let lines: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let last = match lines.iter().position(|l| l.contains("panicked at")) {
+            Some(i) => lines.get(i + 1).copied().unwrap_or(lines[i]),
+            None => lines.iter().rev().find(|l| !l.contains("RUST_BACKTRACE")).copied().unwrap_or(""),
+        };
         let how = match (status.code(), status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
