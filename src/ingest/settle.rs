@@ -34,6 +34,10 @@ impl Settler {
         std::fs::symlink_metadata(path).ok().map(|m| (m.len(), mtime_ns(&m)))
     }
 
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
     /// Start watching `path` (a no-op when it is already being watched).
     pub fn note(&mut self, path: PathBuf, now: Instant) {
         if self.looks.contains_key(&path) {

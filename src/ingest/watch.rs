@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::{Config as NotifyConfig, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{
+    Config as NotifyConfig, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _,
+};
 
 use super::worker::Hint;
 use crate::config;
@@ -85,6 +88,18 @@ pub fn needs_polling(path: &Path) -> bool {
 
 /// Held only to keep the watch alive: dropping it stops notify's thread.
 #[allow(dead_code)]
+/// Events that can mean a new or changed file. Reads are not: the worker's
+/// own scans and copies raise them, and hinting on them would loop.
+fn worth_a_look(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Remove(_) => false,
+    }
+}
+
 enum Active {
     Events(RecommendedWatcher),
     Polling(PollWatcher),
@@ -97,11 +112,12 @@ fn start(cfg: &config::Ingest, tx: &Sender<Hint>) -> Result<(Active, Mode), noti
         Ok(ev) if ev.need_rescan() => {
             let _ = txe.send(Hint::Rescan);
         }
-        Ok(ev) => {
+        Ok(ev) if worth_a_look(&ev.kind) => {
             for p in ev.paths {
                 let _ = txe.send(Hint::Path(p));
             }
         }
+        Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, "watch error; rescanning");
             let _ = txe.send(Hint::Rescan);

@@ -49,6 +49,9 @@ pub struct Worker {
     settler: Settler,
     resume_pending: bool,
     scan_pending: bool,
+    /// Folders to walk again: files created in a new folder before the
+    /// watch on it was set up raise no event of their own.
+    rewalk: Vec<(PathBuf, Instant)>,
     done: VecDeque<Outcome>,
 }
 
@@ -68,6 +71,7 @@ impl Worker {
             settler: Settler::new(delay),
             resume_pending: true,
             scan_pending: true,
+            rewalk: Vec::new(),
             done: VecDeque::new(),
         }
     }
@@ -107,13 +111,20 @@ impl Worker {
             self.scan_pending = false;
             let root = self.pipeline.drop_root().to_path_buf();
             if root.is_dir() {
-                self.look_at(&root)?;
+                self.walk_dir(&root)?;
             }
             if let Some(o) = self.done.pop_front() {
                 return Ok(Tick::Did(o));
             }
         }
         let now = Instant::now();
+        if self.rewalk.iter().any(|(_, t)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = self.rewalk.drain(..).partition(|(_, t)| *t <= now);
+            self.rewalk = later;
+            for (dir, _) in due {
+                self.walk_dir(&dir)?;
+            }
+        }
         if let Some((path, settled)) = self.settler.ready(now) {
             let Some(c) = self.candidate(&path) else { return Ok(Tick::Waiting(Duration::ZERO)) };
             return match self.pipeline.take(&c, Some(settled))? {
@@ -128,7 +139,8 @@ impl Worker {
         if let Some(o) = self.done.pop_front() {
             return Ok(Tick::Did(o));
         }
-        match self.settler.next_due() {
+        let next = self.settler.next_due().into_iter().chain(self.rewalk.iter().map(|(_, t)| *t)).min();
+        match next {
             Some(t) => Ok(Tick::Waiting(t.saturating_duration_since(now))),
             None => Ok(Tick::Idle),
         }
@@ -233,6 +245,11 @@ impl Worker {
     fn look_at(&mut self, path: &Path) -> Result<(), IngestError> {
         let root = self.pipeline.drop_root().to_path_buf();
         let Ok(rel) = path.strip_prefix(&root) else { return Ok(()) };
+        if rel.as_os_str().is_empty() {
+            // The folder itself: coalesce into one scan.
+            self.scan_pending = true;
+            return Ok(());
+        }
         if self.skipped(rel) {
             return Ok(());
         }
@@ -241,13 +258,23 @@ impl Worker {
             return Ok(());
         };
         if meta.is_dir() {
-            let mut files = Vec::new();
-            walk(path, &mut |p, is_dir| is_dir && self.skipped(p.strip_prefix(&root).unwrap_or(p)), &mut files);
-            for f in files {
-                self.note_file(f)?;
+            self.walk_dir(path)?;
+            if path != root {
+                let again = Instant::now() + self.settler.delay().max(Duration::from_millis(200));
+                self.rewalk.push((path.to_path_buf(), again));
             }
         } else {
             self.note_file(path.to_path_buf())?;
+        }
+        Ok(())
+    }
+
+    fn walk_dir(&mut self, dir: &Path) -> Result<(), IngestError> {
+        let root = self.pipeline.drop_root().to_path_buf();
+        let mut files = Vec::new();
+        walk(dir, &mut |p, is_dir| is_dir && self.skipped(p.strip_prefix(&root).unwrap_or(p)), &mut files);
+        for f in files {
+            self.note_file(f)?;
         }
         Ok(())
     }
