@@ -33,7 +33,10 @@ fn drop_set(env: &Env, n: usize) -> BTreeMap<String, Vec<u8>> {
 /// the database has one closed row per file, and one document per distinct content.
 fn assert_accounted_once(env: &Env, files: &BTreeMap<String, Vec<u8>>) {
     let store = env.store();
-    let open: i64 = store.conn().query_row("SELECT count(*) FROM files WHERE closed_at IS NULL", [], |r| r.get(0)).unwrap();
+    let open: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM files WHERE closed_at IS NULL", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(open, 0, "open jobs left");
     let mut rows: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
     let mut stmt = store.conn().prepare("SELECT path, state, moved_to FROM files").unwrap();
@@ -63,7 +66,8 @@ fn assert_accounted_once(env: &Env, files: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(processed, files.len() - n_empty);
     assert_eq!(rejected, 2 * n_empty, "each rejected file with one .error.txt");
     // The spool holds one copy per distinct accepted content.
-    let spool = std::fs::read_dir(env.data.join("spool")).unwrap().flatten().filter(|e| e.file_name() != "tmp");
+    let spool =
+        std::fs::read_dir(env.data.join("spool")).unwrap().flatten().filter(|e| e.file_name() != "tmp");
     let copies: usize = spool.map(|d| std::fs::read_dir(d.path()).unwrap().count()).sum();
     assert_eq!(copies, distinct.len());
 }
@@ -79,7 +83,12 @@ fn a_crash_at_each_step_is_repaired_on_restart() {
         let env = Env::new("");
         let files = drop_set(&env, 12);
         let out = env.cli().args(["ingest", "--json"]).env("WARSHA_FAULT", point).output().unwrap();
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{point}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         run_to_completion(&env);
         assert_accounted_once(&env, &files);
     }
@@ -93,7 +102,8 @@ fn kill_9_at_random_moments_then_restart_accounts_for_every_file() {
     let kills = [1150u64, 1400, 1700, 2100, 1300, 2600];
     let mut killed_mid_work = 0;
     for ms in kills {
-        let mut child = env.cli().args(["ingest", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            env.cli().args(["ingest", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();

@@ -51,8 +51,13 @@ fn each_bad_input_is_rejected_with_its_reason_beside_it() {
         assert_eq!(o.state, State::Rejected, "{name}: {o:?}");
         let reason = o.reason.as_deref().unwrap();
         assert!(reason.contains(want), "{name}: {reason:?} should contain {want:?}");
-        assert_eq!(&std::fs::read(env.drop.join("rejected").join(name)).unwrap(), bytes, "{name} moved unchanged");
-        let err = std::fs::read_to_string(env.drop.join("rejected").join(format!("{name}.error.txt"))).unwrap();
+        assert_eq!(
+            &std::fs::read(env.drop.join("rejected").join(name)).unwrap(),
+            bytes,
+            "{name} moved unchanged"
+        );
+        let err =
+            std::fs::read_to_string(env.drop.join("rejected").join(format!("{name}.error.txt"))).unwrap();
         assert!(err.contains(reason) && err.contains("لم يُقبل هذا الملف"), "{name}: {err}");
         assert!(!env.drop.join(name).exists());
     }
@@ -61,7 +66,11 @@ fn each_bad_input_is_rejected_with_its_reason_beside_it() {
     assert_eq!(n, 0);
     let events: i64 = store
         .conn()
-        .query_row("SELECT count(*) FROM events WHERE level = 'warn' AND message LIKE 'rejected %'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM events WHERE level = 'warn' AND message LIKE 'rejected %'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(events as usize, cases.len());
 }
@@ -131,7 +140,11 @@ fn every_format_is_read_and_bytes_are_kept_exactly() {
         assert!(o.chunks >= 1);
         let (doc, text) = store.document(o.document_id.unwrap()).unwrap().unwrap();
         assert_eq!(&std::fs::read(env.data.join(&doc.spool_path)).unwrap(), bytes, "{name} spooled exactly");
-        assert_eq!(&std::fs::read(env.drop.join("processed").join(name)).unwrap(), bytes, "{name} moved exactly");
+        assert_eq!(
+            &std::fs::read(env.drop.join("processed").join(name)).unwrap(),
+            bytes,
+            "{name} moved exactly"
+        );
         let want = match *name {
             "utf8.txt" | "cp1256.txt" => "افحص ضغط الصمام",
             "utf16.txt" => "تعليمات المضخة P-101",
@@ -193,8 +206,14 @@ fn duplicates_across_restarts_make_no_second_document_and_names_never_collide() 
     assert!(dup.reason.as_deref().unwrap().contains("same content as document"));
     assert_eq!(by_path(&second, "report.txt").state, State::Ingested);
     assert_eq!(env.files_under("processed"), vec!["copy of report.txt", "report (2).txt", "report.txt"]);
-    assert_eq!(std::fs::read(env.drop.join("processed/report.txt")).unwrap(), b"Line 3 torque values: 80 Nm.\n");
-    assert_eq!(std::fs::read(env.drop.join("processed/report (2).txt")).unwrap(), b"Line 4 torque values: 95 Nm.\n");
+    assert_eq!(
+        std::fs::read(env.drop.join("processed/report.txt")).unwrap(),
+        b"Line 3 torque values: 80 Nm.\n"
+    );
+    assert_eq!(
+        std::fs::read(env.drop.join("processed/report (2).txt")).unwrap(),
+        b"Line 4 torque values: 95 Nm.\n"
+    );
     let n: i64 = env.store().conn().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2);
 }
@@ -202,7 +221,15 @@ fn duplicates_across_restarts_make_no_second_document_and_names_never_collide() 
 #[test]
 fn temporary_names_are_ignored_once_and_left_untouched() {
     let env = Env::new("");
-    for n in ["~$plan.docx", "movie.mkv.part", "upload.filepart", ".DS_Store", "Thumbs.db", "._manual.pdf", ".~lock.plan.odt#"] {
+    for n in [
+        "~$plan.docx",
+        "movie.mkv.part",
+        "upload.filepart",
+        ".DS_Store",
+        "Thumbs.db",
+        "._manual.pdf",
+        ".~lock.plan.odt#",
+    ] {
         env.put(n, b"temp");
     }
     env.put("$RECYCLE.BIN/old.txt", b"deleted");

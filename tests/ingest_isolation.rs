@@ -19,7 +19,10 @@ fn sample(env: &Env) -> std::path::PathBuf {
 fn a_panicking_parser_rejects_the_file_with_what_happened() {
     let env = Env::new("");
     let r = env.extractor().with_fault("extract-panic").run(&sample(&env), Kind::Txt).unwrap_err();
-    assert!(matches!(&r, Reject::Crashed { detail } if detail.contains("fault point extract-panic")), "{r:?}");
+    assert!(
+        matches!(&r, Reject::Crashed { detail } if detail.contains("fault point extract-panic")),
+        "{r:?}"
+    );
 }
 
 #[test]

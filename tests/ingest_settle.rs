@@ -28,7 +28,10 @@ fn a_file_written_slowly_in_pieces_is_taken_only_once_complete() {
     let mut outs = Vec::new();
     let t = Instant::now();
     // 600 ms stability, much longer than the 250 ms between pieces.
-    let left = env.worker(Duration::from_millis(600)).drain(Duration::from_secs(30), |o| outs.push(o.clone())).unwrap();
+    let left = env
+        .worker(Duration::from_millis(600))
+        .drain(Duration::from_secs(30), |o| outs.push(o.clone()))
+        .unwrap();
     writer.join().unwrap();
     assert!(left.is_empty());
     assert_eq!(outs.len(), 1, "{outs:?}");
@@ -57,7 +60,10 @@ fn a_file_still_changing_at_the_bound_is_left_for_the_next_pass() {
     };
     std::thread::sleep(Duration::from_millis(50));
     let mut outs = Vec::new();
-    let left = env.worker(Duration::from_millis(500)).drain(Duration::from_secs(2), |o| outs.push(o.clone())).unwrap();
+    let left = env
+        .worker(Duration::from_millis(500))
+        .drain(Duration::from_secs(2), |o| outs.push(o.clone()))
+        .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert!(outs.is_empty(), "{outs:?}");
@@ -78,12 +84,18 @@ fn two_thousand_files_dropped_at_once_all_end_in_a_recorded_state() {
             1 => (format!("f{i:04}.txt"), vec![]),
             2 => (format!("dup{i:04}.txt"), b"the same words in many files".to_vec()),
             3 => (format!("f{i:04}.bin"), b"unknown kind".to_vec()),
-            _ => (format!("dir{}/f{i:04}.txt", i % 7), format!("مستند رقم {i} عن الصيانة الدورية").into_bytes()),
+            _ => (
+                format!("dir{}/f{i:04}.txt", i % 7),
+                format!("مستند رقم {i} عن الصيانة الدورية").into_bytes(),
+            ),
         };
         env.put(&name, &body);
     }
     let mut outs = Vec::new();
-    let left = env.worker(Duration::from_millis(300)).drain(Duration::from_secs(600), |o| outs.push(o.clone())).unwrap();
+    let left = env
+        .worker(Duration::from_millis(300))
+        .drain(Duration::from_secs(600), |o| outs.push(o.clone()))
+        .unwrap();
     assert!(left.is_empty());
     assert_eq!(outs.len(), n);
     let count = |s: State| outs.iter().filter(|o| o.state == s).count();
@@ -94,7 +106,9 @@ fn two_thousand_files_dropped_at_once_all_end_in_a_recorded_state() {
     let store = env.store();
     let rows: Vec<(String, i64)> = store
         .conn()
-        .prepare("SELECT state, count(*) FROM files WHERE closed_at IS NOT NULL GROUP BY state ORDER BY state")
+        .prepare(
+            "SELECT state, count(*) FROM files WHERE closed_at IS NOT NULL GROUP BY state ORDER BY state",
+        )
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -102,10 +116,19 @@ fn two_thousand_files_dropped_at_once_all_end_in_a_recorded_state() {
         .unwrap();
     assert_eq!(
         rows,
-        vec![("duplicate".into(), 199), ("ignored".into(), 200), ("ingested".into(), 1201), ("rejected".into(), 400)]
+        vec![
+            ("duplicate".into(), 199),
+            ("ignored".into(), 200),
+            ("ingested".into(), 1201),
+            ("rejected".into(), 400)
+        ]
     );
     // Only the ignored files stay in the drop folder; the rest moved, nothing lost.
-    let top: Vec<String> = env.files_under("").into_iter().filter(|p| !p.starts_with("processed/") && !p.starts_with("rejected/")).collect();
+    let top: Vec<String> = env
+        .files_under("")
+        .into_iter()
+        .filter(|p| !p.starts_with("processed/") && !p.starts_with("rejected/"))
+        .collect();
     assert_eq!(top.len(), 200);
     assert!(top.iter().all(|p| p.ends_with(".tmp")));
     assert_eq!(env.files_under("processed").len(), 1400);

@@ -103,5 +103,8 @@ fn a_drop_folder_that_vanishes_is_picked_up_again_when_it_returns() {
     assert_eq!(svc.expect("after return.txt", Duration::from_secs(20)).state, State::Ingested);
     let store = env.store();
     let msgs: Vec<String> = store.recent_events(50).unwrap().into_iter().map(|e| e.message).collect();
-    assert!(msgs.iter().any(|m| m.contains("is gone")) && msgs.iter().any(|m| m.contains("is back")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("is gone")) && msgs.iter().any(|m| m.contains("is back")),
+        "{msgs:?}"
+    );
 }

@@ -65,7 +65,12 @@ fn show(store: &Store, id: i64, out: JsonFlag) -> Result<()> {
         return Ok(());
     }
     println!("document   #{}  {}", doc.id, doc.name);
-    println!("kind       {}  ({} bytes, encoding {})", doc.kind, doc.bytes, doc.encoding.as_deref().unwrap_or("-"));
+    println!(
+        "kind       {}  ({} bytes, encoding {})",
+        doc.kind,
+        doc.bytes,
+        doc.encoding.as_deref().unwrap_or("-")
+    );
     println!(
         "language   {}{}  (Arabic share {:.2}{})",
         doc.lang.as_deref().unwrap_or("-"),

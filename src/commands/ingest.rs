@@ -52,7 +52,12 @@ pub fn run(ctx: &Ctx, args: &IngestArgs) -> Result<()> {
             print(o);
         }
         let summary = tally.summary();
-        worker.pipeline().store().event(Level::Info, "ingest", &format!("drop folder pass: {summary}"), None)?;
+        worker.pipeline().store().event(
+            Level::Info,
+            "ingest",
+            &format!("drop folder pass: {summary}"),
+            None,
+        )?;
         if !json {
             println!("{summary}");
         }
@@ -124,11 +129,62 @@ impl Tally {
 
 /// Everyday words of a plant's documents, for generated Arabic text.
 const WORDS: &[&str] = &[
-    "الصمام", "المضخة", "الضغط", "درجة", "الحرارة", "افحص", "قبل", "بعد", "التشغيل", "الصيانة", "الدورية",
-    "يجب", "على", "المشغل", "ارتداء", "معدات", "الوقاية", "الشخصية", "خط", "الإنتاج", "المحرك", "الكهربائي",
-    "الزيت", "الهيدروليكي", "المرشح", "استبدل", "كل", "ساعة", "عند", "ظهور", "إنذار", "أوقف", "الآلة", "فورًا",
-    "وأبلغ", "المشرف", "السلامة", "أولاً", "الحزام", "الناقل", "السرعة", "القصوى", "بار", "دقيقة", "التبريد",
-    "المياه", "الخزان", "مستوى", "منخفض", "مرتفع", "تحقق", "من", "التوصيلات", "والأسلاك", "اللوحة", "الرئيسية",
+    "الصمام",
+    "المضخة",
+    "الضغط",
+    "درجة",
+    "الحرارة",
+    "افحص",
+    "قبل",
+    "بعد",
+    "التشغيل",
+    "الصيانة",
+    "الدورية",
+    "يجب",
+    "على",
+    "المشغل",
+    "ارتداء",
+    "معدات",
+    "الوقاية",
+    "الشخصية",
+    "خط",
+    "الإنتاج",
+    "المحرك",
+    "الكهربائي",
+    "الزيت",
+    "الهيدروليكي",
+    "المرشح",
+    "استبدل",
+    "كل",
+    "ساعة",
+    "عند",
+    "ظهور",
+    "إنذار",
+    "أوقف",
+    "الآلة",
+    "فورًا",
+    "وأبلغ",
+    "المشرف",
+    "السلامة",
+    "أولاً",
+    "الحزام",
+    "الناقل",
+    "السرعة",
+    "القصوى",
+    "بار",
+    "دقيقة",
+    "التبريد",
+    "المياه",
+    "الخزان",
+    "مستوى",
+    "منخفض",
+    "مرتفع",
+    "تحقق",
+    "من",
+    "التوصيلات",
+    "والأسلاك",
+    "اللوحة",
+    "الرئيسية",
 ];
 
 pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
@@ -160,6 +216,7 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
     let data = DataDir::new(tmp.path().join("data"));
     let mut pipe = pipeline(&cfg, &data)?;
     let t = Instant::now();
+    let c0 = cpu_secs();
     let mut n_small = 0;
     let mut files = Vec::new();
     walk(&small, &mut |_, _| false, &mut files);
@@ -170,6 +227,7 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
         }
     }
     let small_secs = t.elapsed().as_secs_f64();
+    let small_cpu = cpu_secs() - c0;
     let hwm_small = vm_hwm_kib();
 
     // The same number of files through the drop folder (settle delay excluded): moves included.
@@ -184,9 +242,11 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
     let dpipe = pipeline(&dcfg, &data)?;
     let mut worker = Worker::with_delay(dpipe, None, Arc::new(AtomicBool::new(false)), Duration::ZERO);
     let t = Instant::now();
+    let c0 = cpu_secs();
     let mut n_drop = 0;
     worker.drain(Duration::from_secs(3600), |o| n_drop += usize::from(o.state == State::Ingested))?;
     let drop_secs = t.elapsed().as_secs_f64();
+    let drop_cpu = cpu_secs() - c0;
     drop(worker);
 
     // One large Arabic text.
@@ -196,7 +256,11 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
         let mut written = 0usize;
         let mut para = 0;
         while written < args.large_mb * 1_000_000 {
-            let p = if para % 40 == 0 { format!("## قسم {para}\n\n") } else { format!("{}.\n\n", sentence(60)) };
+            let p = if para % 40 == 0 {
+                format!("## قسم {para}\n\n")
+            } else {
+                format!("{}.\n\n", sentence(60))
+            };
             written += p.len();
             f.write_all(p.as_bytes())?;
             para += 1;
@@ -205,9 +269,11 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
     }
     let large_bytes = std::fs::metadata(&large)?.len();
     let t = Instant::now();
+    let c0 = cpu_secs();
     let c = Candidate { rel: large.to_string_lossy().into_owned(), abs: large.clone(), origin: Origin::Path };
     let lo = pipe.take(&c, None)?;
     let large_secs = t.elapsed().as_secs_f64();
+    let large_cpu = cpu_secs() - c0;
     let large_state = lo.as_ref().map(|o| o.state.as_str()).unwrap_or("none");
     let large_chunks = lo.as_ref().map(|o| o.chunks).unwrap_or(0);
     let hwm_end = vm_hwm_kib();
@@ -221,14 +287,18 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
         "small_secs": small_secs,
         "small_files_per_s": n_small as f64 / small_secs,
         "small_mb_per_s": mb(small_bytes) / small_secs,
+        "small_cpu_secs": small_cpu,
         "drop_files_ingested": n_drop,
         "drop_secs": drop_secs,
         "drop_files_per_s": n_drop as f64 / drop_secs,
+        "drop_cpu_secs": drop_cpu,
         "large_mb": mb(large_bytes),
         "large_state": large_state,
         "large_chunks": large_chunks,
         "large_secs": large_secs,
         "large_mb_per_s": mb(large_bytes) / large_secs,
+        "large_cpu_secs": large_cpu,
+        "fsync_ms": fsync_ms(tmp.path()),
         "vm_hwm_mib_after_small": hwm_small / 1024.0,
         "vm_hwm_mib_end": hwm_end / 1024.0,
         "extract_child_peak_rss_mib": child_peak / 1024.0,
@@ -236,13 +306,31 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
     if args.out.json {
         println!("{report}");
     } else {
-        println!("small TXT, in place   {n_small} files, {:.2} MB in {small_secs:.2} s: {:.0} files/s, {:.2} MB/s",
-            mb(small_bytes), n_small as f64 / small_secs, mb(small_bytes) / small_secs);
-        println!("small TXT, drop+move  {n_drop} files in {drop_secs:.2} s: {:.0} files/s", n_drop as f64 / drop_secs);
-        println!("large Arabic TXT      {:.1} MB, {large_state}, {large_chunks} chunks in {large_secs:.2} s: {:.2} MB/s",
-            mb(large_bytes), mb(large_bytes) / large_secs);
-        println!("peak RSS (VmHWM)      {:.0} MiB after the small files, {:.0} MiB at the end; extract child {:.0} MiB",
-            hwm_small / 1024.0, hwm_end / 1024.0, child_peak / 1024.0);
+        println!(
+            "small TXT, in place   {n_small} files, {:.2} MB in {small_secs:.2} s ({small_cpu:.2} CPU-s): {:.0} files/s, {:.2} MB/s",
+            mb(small_bytes),
+            n_small as f64 / small_secs,
+            mb(small_bytes) / small_secs
+        );
+        println!(
+            "small TXT, drop+move  {n_drop} files in {drop_secs:.2} s ({drop_cpu:.2} CPU-s): {:.0} files/s",
+            n_drop as f64 / drop_secs
+        );
+        println!(
+            "large Arabic TXT      {:.1} MB, {large_state}, {large_chunks} chunks in {large_secs:.2} s ({large_cpu:.2} CPU-s): {:.2} MB/s",
+            mb(large_bytes),
+            mb(large_bytes) / large_secs
+        );
+        println!(
+            "peak RSS (VmHWM)      {:.0} MiB after the small files, {:.0} MiB at the end; extract child {:.0} MiB",
+            hwm_small / 1024.0,
+            hwm_end / 1024.0,
+            child_peak / 1024.0
+        );
+        println!(
+            "disk                  {:.1} ms per small write + fsync",
+            report["fsync_ms"].as_f64().unwrap_or(f64::NAN)
+        );
     }
     Ok(())
 }
@@ -251,9 +339,37 @@ fn vm_hwm_kib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by this process and its waited-for children
+/// (user + system): the figure that does not depend on other load.
+fn cpu_secs() -> f64 {
+    let get = |who| {
+        // SAFETY: getrusage fills the zeroed struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut ru) };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    get(libc::RUSAGE_SELF) + get(libc::RUSAGE_CHILDREN)
+}
+
+/// Milliseconds one small write + fsync takes on the bench's disk.
+fn fsync_ms(dir: &std::path::Path) -> f64 {
+    let p = dir.join("fsync-probe");
+    let Ok(mut f) = std::fs::File::create(&p) else { return f64::NAN };
+    let t = Instant::now();
+    for _ in 0..20 {
+        if f.write_all(b"x").and_then(|_| f.sync_all()).is_err() {
+            return f64::NAN;
+        }
+    }
+    t.elapsed().as_secs_f64() * 1000.0 / 20.0
 }
 
 fn children_maxrss_kib() -> f64 {
@@ -262,4 +378,3 @@ fn children_maxrss_kib() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     ru.ru_maxrss as f64
 }
-

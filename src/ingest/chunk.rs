@@ -99,7 +99,11 @@ fn pack(paras: &[String], heading: Option<&str>, target: usize, overlap: usize, 
                 let tokens = text.split_whitespace().count();
                 out.push(Chunk { heading: heading.map(str::to_string), text, tokens });
                 if end == words.len() {
-                    carry = if overlap == 0 { String::new() } else { words[end.saturating_sub(overlap)..end].join(" ") };
+                    carry = if overlap == 0 {
+                        String::new()
+                    } else {
+                        words[end.saturating_sub(overlap)..end].join(" ")
+                    };
                     break;
                 }
                 start = if start == 0 { end.saturating_sub(overlap).max(start + 1) } else { start + step };

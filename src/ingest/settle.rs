@@ -61,7 +61,8 @@ impl Settler {
     /// A path whose size and mtime held still for the delay, with them;
     /// re-looks at paths that are due and restarts those that changed.
     pub fn ready(&mut self, now: Instant) -> Option<(PathBuf, (u64, i64))> {
-        let due: Vec<PathBuf> = self.looks.iter().filter(|(_, l)| l.next <= now).map(|(p, _)| p.clone()).collect();
+        let due: Vec<PathBuf> =
+            self.looks.iter().filter(|(_, l)| l.next <= now).map(|(p, _)| p.clone()).collect();
         for p in due {
             let Some((size, mtime)) = Self::stat(&p) else {
                 self.looks.remove(&p);

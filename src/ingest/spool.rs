@@ -40,11 +40,7 @@ pub fn clean_tmp(spool: &Path) -> std::io::Result<usize> {
 pub fn stage(spool: &Path, src: &mut impl Read, max_bytes: u64) -> Result<Staged, SpoolError> {
     let dir = spool.join("tmp");
     std::fs::create_dir_all(&dir).map_err(|e| SpoolError::io(&dir, e))?;
-    let tmp = dir.join(format!(
-        "{}-{}.part",
-        std::process::id(),
-        NEXT_TMP.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!("{}-{}.part", std::process::id(), NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
     let out = (|| {
         let mut f = File::create(&tmp)?;
         let mut hasher = Sha256::new();
@@ -92,7 +88,9 @@ impl Staged {
     pub fn commit(self, data_dir: &Path, ext: &str) -> Result<String, SpoolError> {
         let rel = spool_rel(&self.sha256, ext);
         let dest = data_dir.join(&rel);
-        let Some(dir) = dest.parent() else { return Err(SpoolError::io(&dest, std::io::ErrorKind::InvalidInput.into())) };
+        let Some(dir) = dest.parent() else {
+            return Err(SpoolError::io(&dest, std::io::ErrorKind::InvalidInput.into()));
+        };
         if !dir.is_dir() {
             std::fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
             if let Some(spool) = dir.parent() {

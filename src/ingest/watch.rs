@@ -86,8 +86,6 @@ pub fn needs_polling(path: &Path) -> bool {
     [NFS, SMB, CIFS, SMB2, FUSE, V9FS].contains(&t)
 }
 
-/// Held only to keep the watch alive: dropping it stops notify's thread.
-#[allow(dead_code)]
 /// Events that can mean a new or changed file. Reads are not: the worker's
 /// own scans and copies raise them, and hinting on them would loop.
 fn worth_a_look(kind: &EventKind) -> bool {
@@ -100,6 +98,8 @@ fn worth_a_look(kind: &EventKind) -> bool {
     }
 }
 
+/// Held only to keep the watch alive: dropping it stops notify's thread.
+#[allow(dead_code)]
 enum Active {
     Events(RecommendedWatcher),
     Polling(PollWatcher),

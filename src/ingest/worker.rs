@@ -63,7 +63,12 @@ impl Worker {
     }
 
     /// As [`Worker::new`] with another stability delay (tests, benchmarks).
-    pub fn with_delay(pipeline: Pipeline, hints: Option<Receiver<Hint>>, stop: Arc<AtomicBool>, delay: Duration) -> Self {
+    pub fn with_delay(
+        pipeline: Pipeline,
+        hints: Option<Receiver<Hint>>,
+        stop: Arc<AtomicBool>,
+        delay: Duration,
+    ) -> Self {
         Self {
             pipeline,
             hints,
@@ -183,7 +188,11 @@ impl Worker {
 
     /// One pass: finish open jobs, take everything in the drop folder that
     /// settles within `bound`, and return what was still changing then.
-    pub fn drain(&mut self, bound: Duration, mut on: impl FnMut(&Outcome)) -> Result<Vec<Outcome>, IngestError> {
+    pub fn drain(
+        &mut self,
+        bound: Duration,
+        mut on: impl FnMut(&Outcome),
+    ) -> Result<Vec<Outcome>, IngestError> {
         let start = Instant::now();
         loop {
             match self.tick()? {
@@ -233,7 +242,12 @@ impl Worker {
             }
             Hint::FolderBack => {
                 let root = self.pipeline.drop_root().display().to_string();
-                self.pipeline.store().event(Level::Info, "ingest", &format!("drop folder {root} is back"), None)?;
+                self.pipeline.store().event(
+                    Level::Info,
+                    "ingest",
+                    &format!("drop folder {root} is back"),
+                    None,
+                )?;
                 self.resume_pending = true;
                 self.scan_pending = true;
             }
@@ -312,7 +326,11 @@ impl Worker {
     fn candidate(&self, path: &Path) -> Option<Candidate> {
         let root = self.pipeline.drop_root();
         let rel = path.strip_prefix(root).ok()?;
-        Some(Candidate { abs: path.to_path_buf(), rel: rel.to_string_lossy().into_owned(), origin: Origin::Drop })
+        Some(Candidate {
+            abs: path.to_path_buf(),
+            rel: rel.to_string_lossy().into_owned(),
+            origin: Origin::Drop,
+        })
     }
 }
 

@@ -109,7 +109,8 @@ pub struct DocumentRow {
     pub qa_pairs: i64,
 }
 
-const DOC_COLS: &str = "d.id, d.sha256, d.name, d.kind, d.spool_path, d.bytes, d.encoding, d.lang, d.dialect, \
+const DOC_COLS: &str =
+    "d.id, d.sha256, d.name, d.kind, d.spool_path, d.bytes, d.encoding, d.lang, d.dialect, \
      d.arabic_share, d.diacritized, d.warnings, d.created_at, \
      (SELECT count(*) FROM chunks c WHERE c.document_id = d.id), \
      (SELECT count(*) FROM qa_pairs q WHERE q.document_id = d.id)";
@@ -350,14 +351,18 @@ impl Store {
     /// The document holding these bytes, if any: (id, name).
     pub fn document_by_sha(&self, sha256: &str) -> Result<Option<(i64, String)>> {
         self.conn()
-            .query_row("SELECT id, name FROM documents WHERE sha256 = ?1", [sha256], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT id, name FROM documents WHERE sha256 = ?1", [sha256], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
 
     pub fn documents_list(&self) -> Result<Vec<DocumentRow>> {
-        let mut stmt =
-            self.conn().prepare(&format!("SELECT {DOC_COLS} FROM documents d ORDER BY d.id")).map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {DOC_COLS} FROM documents d ORDER BY d.id"))
+            .map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], doc_row).and_then(|it| it.collect()).map_err(|e| self.err(e))?;
         Ok(rows)
     }
@@ -365,11 +370,9 @@ impl Store {
     /// One document's metadata and its text (train form).
     pub fn document(&self, id: i64) -> Result<Option<(DocumentRow, String)>> {
         self.conn()
-            .query_row(
-                &format!("SELECT {DOC_COLS}, d.text FROM documents d WHERE d.id = ?1"),
-                [id],
-                |r| Ok((doc_row(r)?, r.get(15)?)),
-            )
+            .query_row(&format!("SELECT {DOC_COLS}, d.text FROM documents d WHERE d.id = ?1"), [id], |r| {
+                Ok((doc_row(r)?, r.get(15)?))
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -456,7 +459,10 @@ mod tests {
         let r = s.file_record_document(id1, &doc("aa", "x"), &chunks, &[], false).unwrap();
         let Recorded::Ingested(doc_id) = r else { panic!("{r:?}") };
         let id2 = s.file_insert(&f, "pending", None, None, false).unwrap();
-        assert_eq!(s.file_record_document(id2, &doc("aa", "x"), &chunks, &[], true).unwrap(), Recorded::Duplicate(doc_id));
+        assert_eq!(
+            s.file_record_document(id2, &doc("aa", "x"), &chunks, &[], true).unwrap(),
+            Recorded::Duplicate(doc_id)
+        );
         assert_eq!(s.files_open().unwrap().len(), 1);
         let hits = s.search_chunks(&crate::text::normalize::search_form("الصمام"), 5).unwrap();
         assert_eq!(hits.len(), 1);

@@ -112,7 +112,10 @@ pub fn docx(body: &str) -> Vec<u8> {
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>{body}</w:body></w:document>"#
     );
-    zip_with(&[("[Content_Types].xml", br#"<?xml version="1.0"?><Types/>"#.to_vec()), ("word/document.xml", xml.into_bytes())])
+    zip_with(&[
+        ("[Content_Types].xml", br#"<?xml version="1.0"?><Types/>"#.to_vec()),
+        ("word/document.xml", xml.into_bytes()),
+    ])
 }
 
 pub fn zip_with(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
@@ -138,7 +141,9 @@ pub fn pdf(content: &str, resources: &str, extra: &[String]) -> Vec<u8> {
     let mut objs = vec![
         "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
-        format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources {resources} >>"),
+        format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources {resources} >>"
+        ),
         format!("<< /Length {} >>\nstream\n{content}\nendstream", content.len()),
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>".to_string(),
     ];

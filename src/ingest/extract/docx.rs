@@ -239,7 +239,10 @@ pub(crate) mod tests {
         let p = d.path().join("a.docx");
         std::fs::write(&p, docx_bytes(body)).unwrap();
         let e = extract(&p, 1 << 20).unwrap();
-        assert_eq!(e.text, "# دليل الصيانة\n\nافحص الصمام كل أسبوع\nCheck & log\n\nالقطعة | الضغط\nP-101 | 6 bar");
+        assert_eq!(
+            e.text,
+            "# دليل الصيانة\n\nافحص الصمام كل أسبوع\nCheck & log\n\nالقطعة | الضغط\nP-101 | 6 bar"
+        );
         assert_eq!(e.warnings, vec!["2 right-to-left paragraphs (w:bidi)".to_string()]);
     }
 }

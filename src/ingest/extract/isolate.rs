@@ -154,7 +154,10 @@ impl Extractor {
             };
         }
         let err = String::from_utf8_lossy(&err);
-        if err.contains("memory allocation") || err.contains("out of memory") || err.contains("Cannot allocate") {
+        if err.contains("memory allocation")
+            || err.contains("out of memory")
+            || err.contains("Cannot allocate")
+        {
             return Err(Reject::OutOfMemory { limit_mib: self.memory_limit / MIB });
         }
         // A panic prints "thread 'main' panicked at FILE:LINE:" then the message.

@@ -14,12 +14,21 @@ use crate::text::decode::decode;
 /// Warnings kept per file; past this only a count is added.
 const MAX_WARNINGS: usize = 100;
 
-const QUESTION: &[&str] =
-    &["question", "q", "prompt", "query", "instruction", "سؤال", "السؤال", "الاستفسار"];
+const QUESTION: &[&str] = &["question", "q", "prompt", "query", "instruction", "سؤال", "السؤال", "الاستفسار"];
 const INPUT: &[&str] = &["input", "context", "المدخل"];
 const ANSWER: &[&str] = &[
-    "answer", "a", "response", "output", "completion", "reply", "جواب", "الجواب", "إجابة", "الإجابة",
-    "اجابة", "الاجابة",
+    "answer",
+    "a",
+    "response",
+    "output",
+    "completion",
+    "reply",
+    "جواب",
+    "الجواب",
+    "إجابة",
+    "الإجابة",
+    "اجابة",
+    "الاجابة",
 ];
 const SYSTEM: &[&str] = &["system", "system_prompt"];
 
@@ -70,12 +79,7 @@ impl Sink {
             text.push_str(&p.answer);
             text.push_str("\n\n");
         }
-        Ok(Extracted {
-            text,
-            encoding: Some(encoding.to_string()),
-            warnings: self.warnings,
-            qa: self.pairs,
-        })
+        Ok(Extracted { text, encoding: Some(encoding.to_string()), warnings: self.warnings, qa: self.pairs })
     }
 }
 
@@ -264,12 +268,17 @@ mod tests {
 
     #[test]
     fn semicolon_csv_with_bom_and_multiline_fields() {
-        let csv = "\u{feff}السؤال;الجواب\n\"ما هو ضغط التشغيل؟\";\"6 بار\nعلى الأكثر\"\nسؤال بلا جواب;\nq;a;extra\n";
+        let csv =
+            "\u{feff}السؤال;الجواب\n\"ما هو ضغط التشغيل؟\";\"6 بار\nعلى الأكثر\"\nسؤال بلا جواب;\nq;a;extra\n";
         let e = extract_csv(csv.as_bytes(), false).unwrap();
         assert_eq!(e.qa.len(), 1);
         assert_eq!(e.qa[0].answer, "6 بار\nعلى الأكثر");
         assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
-        assert!(e.warnings[0].starts_with("line 4:") && e.warnings[1].starts_with("line 5:"), "{:?}", e.warnings);
+        assert!(
+            e.warnings[0].starts_with("line 4:") && e.warnings[1].starts_with("line 5:"),
+            "{:?}",
+            e.warnings
+        );
     }
 
     #[test]
