@@ -214,6 +214,19 @@ impl Pipeline {
             {
                 return Ok(Some(waiting(c, "the file changed while it was copied")));
             }
+            // Named on the command line: there is no later look, so say why now.
+            Err(e @ (spool::SpoolError::FileTooLarge | spool::SpoolError::Read(_))) => {
+                let r = match e {
+                    spool::SpoolError::FileTooLarge => Reject::TooLarge {
+                        mib: std::fs::metadata(&c.abs).map_or(0, |m| m.len().div_ceil(MIB)),
+                        limit_mib: self.cfg.max_file_mib,
+                    },
+                    other => Reject::Unreadable { detail: other.to_string() },
+                };
+                let id = self.insert(c, seen.0, seen.1, None, "rejected", Some(&r.to_string()), None)?;
+                self.log_reject(c, &r)?;
+                return self.advance_with(id, Some(&r)).map(Some);
+            }
             Err(e) => return Err(e.into()),
         };
         let after = std::fs::symlink_metadata(&c.abs).map_err(|e| IngestError::io(&c.abs, e))?;
@@ -669,6 +682,16 @@ mod tests {
         assert_eq!(numbered("report.pdf", 3), "report (3).pdf");
         assert_eq!(numbered("README", 2), "README (2)");
         assert_eq!(numbered("دليل الصيانة.docx", 2), "دليل الصيانة (2).docx");
+    }
+
+    #[test]
+    fn long_texts_are_tagged_from_a_bounded_sample_cut_at_char_boundaries() {
+        let short = "نص قصير";
+        assert!(matches!(tag_sample(short), std::borrow::Cow::Borrowed(_)));
+        let long = "سلامة العمال أولاً ".repeat(200_000);
+        let s = tag_sample(&long);
+        assert!(s.len() <= (1 << 20) + 16 && s.len() > (1 << 19), "{}", s.len());
+        assert!(s.contains("سلامة"));
     }
 
     #[test]
