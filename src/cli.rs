@@ -61,6 +61,20 @@ pub enum Command {
     Bench(BenchCommand),
     /// The whole loop on the built-in demo data: fetch model, ingest, score, train, gate, score.
     Demo(DemoArgs),
+    /// Internal: extract one spooled file's text in an isolated child process (prints JSON).
+    #[command(name = "__extract", hide = true)]
+    Extract(ExtractArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The spooled file.
+    pub file: PathBuf,
+    /// txt, md, csv, jsonl, docx or pdf.
+    pub kind: String,
+    /// Largest unpacked size of a DOCX part, in bytes.
+    #[arg(long)]
+    pub max_unpacked: u64,
 }
 
 #[derive(Debug, Args, Clone, Copy, Default)]

@@ -10,5 +10,6 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod model;
+pub mod ingest;
 pub mod store;
 pub mod text;

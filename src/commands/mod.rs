@@ -4,6 +4,8 @@
 
 mod bench_infer;
 mod model;
+mod docs;
+mod ingest;
 mod status;
 mod text;
 
@@ -11,7 +13,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{BenchCommand, Cli, Command};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::store::Store;
@@ -42,13 +44,17 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Extract(a) = &cli.command {
+        // The isolated extraction child: no config, no data dir.
+        return ingest::extract_child(a);
+    }
     let ctx = Ctx::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
     match cli.command {
         Command::Status(o) => status::run(&ctx, o),
         Command::Serve => Err(NotYet("the long-running service (warsha serve)").into()),
         Command::Tui => Err(NotYet("the operator terminal UI (warsha tui)").into()),
-        Command::Ingest(_) => Err(NotYet("drop-folder ingestion (warsha ingest)").into()),
-        Command::Docs(_) => Err(NotYet("the document list (warsha docs)").into()),
+        Command::Ingest(a) => ingest::run(&ctx, &a),
+        Command::Docs(c) => docs::run(&ctx, &c),
         Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
         Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
@@ -58,7 +64,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(c) => model::run(&ctx, c),
         Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
         Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
+        Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
+        Command::Extract(a) => ingest::extract_child(&a),
     }
 }

@@ -13,6 +13,7 @@
 
 mod events;
 mod models;
+pub mod ingest;
 mod status;
 
 use std::path::{Path, PathBuf};

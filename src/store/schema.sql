@@ -14,11 +14,14 @@ CREATE TABLE files (
     reason      TEXT,                       -- plain words for rejected/ignored/duplicate
     document_id INTEGER REFERENCES documents(id),
     moved_to    TEXT,                       -- where the original now lies in the drop tree
+    closed_at   TEXT,                       -- nothing left to do (moved, or nothing to move); NULL: open job
     first_seen  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX files_state ON files(state);
 CREATE INDEX files_sha ON files(sha256);
+CREATE INDEX files_path ON files(path);
+CREATE INDEX files_open ON files(id) WHERE closed_at IS NULL;
 
 CREATE TABLE documents (
     id           INTEGER PRIMARY KEY,
