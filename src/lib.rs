@@ -10,3 +10,4 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod store;
+pub mod train;
