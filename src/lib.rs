@@ -9,5 +9,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod model;
 pub mod store;
 pub mod train;
