@@ -15,6 +15,7 @@ pub mod plan;
 pub mod scaler;
 pub mod schedule;
 pub mod stop;
+pub mod trainer;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ pub use stop::{install_stop_signals, window_deadline, LocalTime, StopReason};
 pub enum TrainError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]
@@ -45,6 +48,16 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// A model error, with out-of-memory told apart (the loop backs off on it).
+    pub fn from_model(e: crate::model::ModelError) -> Self {
+        let m = e.to_string();
+        if plan::is_oom(&m) {
+            TrainError::OutOfMemory(m)
+        } else {
+            TrainError::Model(e)
+        }
+    }
+
     /// An error message from a failed computation, classified (out-of-memory or not).
     pub fn from_message(msg: String) -> Self {
         if plan::is_oom(&msg) {
