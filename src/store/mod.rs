@@ -12,6 +12,7 @@
 //! Typed queries live beside this file, one file per area.
 
 mod events;
+mod models;
 mod status;
 mod train;
 
@@ -22,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 
 pub use events::{Event, Level};
+pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
 pub use train::{
     DataSnapshot, DocSource, NewAdapter, QaSource, ReviewSource, RunRow, StepRow, TrainingSources,
