@@ -15,6 +15,7 @@ mod events;
 mod models;
 pub mod ingest;
 mod status;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,9 @@ use rusqlite_migration::{Migrations, M};
 pub use events::{Event, Level};
 pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
+pub use train::{
+    DataSnapshot, DocSource, NewAdapter, QaSource, ReviewSource, RunRow, StepRow, TrainingSources,
+};
 
 /// Busy timeout for every connection. Readers in WAL mode never block the
 /// writer; this only covers checkpoints and a second writer's brief overlap.
