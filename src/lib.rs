@@ -12,3 +12,4 @@ pub mod config;
 pub mod data_dir;
 pub mod eval;
 pub mod store;
+pub mod text;

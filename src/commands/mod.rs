@@ -3,6 +3,7 @@
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
 mod status;
+mod text;
 
 use std::path::Path;
 
@@ -51,7 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
-        Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
+        Command::Text(c) => text::run(c),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }
