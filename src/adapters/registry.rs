@@ -118,7 +118,7 @@ pub fn promote(
             Some(r) => q::get_tx(tx, r.id).map_err(&err)?,
             None => None,
         };
-        Ok((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
+        Ok::<_, AdapterError>((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
     })?;
     Ok(remove_dirs(switch, dirs))
 }
@@ -145,7 +145,7 @@ pub fn rollback(store: &mut Store, data: &DataDir, keep: usize) -> Result<Switch
             None => None,
         };
         let replaced = q::get_tx(tx, cur.id).map_err(&err)?;
-        Ok((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
+        Ok::<_, AdapterError>((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
     })?;
     Ok(remove_dirs(switch, dirs))
 }
