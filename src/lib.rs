@@ -11,5 +11,6 @@ pub mod commands;
 pub mod config;
 pub mod data_dir;
 pub mod eval;
+pub mod model;
 pub mod store;
 pub mod text;
