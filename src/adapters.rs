@@ -15,11 +15,13 @@
 //! - [`peft`]: Hugging Face PEFT directories (read, write).
 //! - [`gguf`]: llama.cpp LoRA GGUF files (write, read back).
 //! - [`registry`]: promote, rollback, retention, import, export.
+//! - [`runtime`]: a registry adapter loaded on a base model.
 //! - [`gating`]: score a candidate, decide, record the outcome.
 
 pub mod gguf;
 pub mod peft;
 pub mod registry;
+pub mod runtime;
 pub mod weights;
 
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 use crate::store::StoreError;
 
 pub use registry::{export, import_peft, promote, rollback, ExportFormat, Switch};
+pub use runtime::{base_sha256, load_adapter};
 pub use weights::{BaseShapes, LoraPair, LoraWeights, Module, MODULES};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum AdapterError {
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: GGUF: {reason}")]
     Gguf { path: PathBuf, reason: String },
+    #[error("loading adapter {path}: {source}")]
+    Load { path: PathBuf, source: crate::model::ModelError },
     #[error("no adapter with id {0}")]
     NotFound(i64),
     #[error("adapter {id} is {state}: {why}")]

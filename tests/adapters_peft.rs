@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use warsha::adapters::gating::load_adapter;
 use warsha::adapters::registry::{dir_stats, export, import_peft, ExportFormat};
-use warsha::adapters::{gguf, peft, BaseShapes, LoraPair, LoraWeights, MODULES};
+use warsha::adapters::{gguf, load_adapter, peft, BaseShapes, LoraPair, LoraWeights, MODULES};
 use warsha::data_dir::DataDir;
 use warsha::model::{Adapter, Base, Batch, LoadOptions};
 use warsha::store::adapters::NewAdapter;
@@ -64,6 +63,7 @@ fn assert_matches(base: &Base, adapter: Option<&Adapter>, arch: &str, reference:
     for (s, seq) in seqs.iter().enumerate() {
         let got = our_logits(base, adapter, seq);
         let d = max_abs_diff(&got, &want[s]);
+        eprintln!("{arch} {}: sequence {s}: max |Δlogit| = {d:.2e}", reference.file_name().unwrap().to_string_lossy());
         assert!(d < TOL, "{arch} {}: sequence {s}: max |Δlogit| = {d:e}", reference.display());
     }
     // The scoring path (target_logprobs) against log-softmax of the reference.

@@ -8,68 +8,31 @@
 //! same inputs (eval set, held-out text, reviews, options; see
 //! `eval::suite::inputs_sha256`) and base model is already stored.
 
-use std::path::Path;
-
 use serde::Serialize;
 use serde_json::json;
 
 use super::registry::{promote, Switch};
-use super::{peft, AdapterError, BaseShapes};
+use super::runtime::{base_sha256, load_adapter};
+use super::AdapterError;
 use crate::data_dir::DataDir;
 use crate::eval::gate::{decide, Decision, EvalConfig};
 use crate::eval::suite::{inputs_sha256, run_suite, EvalError, SuiteInputs, SuiteOptions};
 use crate::eval::{Metrics, Report};
-use crate::model::{Adapter, Base, LoraConfig, ModelConfig, Target};
 use crate::model::tokenizer::Tok;
+use crate::model::Base;
 use crate::store::Store;
 
-impl From<&ModelConfig> for BaseShapes {
-    fn from(c: &ModelConfig) -> Self {
-        BaseShapes {
-            arch: c.arch.as_str().to_string(),
-            num_layers: c.num_layers,
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            num_heads: c.num_heads,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        }
-    }
-}
-
+/// Everything `evaluate_and_gate` decided and measured.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
     #[error(transparent)]
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Eval(#[from] EvalError),
-    #[error("loading adapter {path}: {source}")]
-    Load { path: std::path::PathBuf, source: crate::model::ModelError },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 
-/// Load an adapter directory (PEFT layout) for `base`, checking its shapes.
-pub fn load_adapter(dir: &Path, base: &Base) -> Result<Adapter, GateError> {
-    let w = peft::read_dir(dir)?;
-    w.check_against(&BaseShapes::from(&base.config))?;
-    let mut targets = Vec::new();
-    for m in w.modules() {
-        let t: Target = m.short.parse().map_err(|source| GateError::Load { path: dir.to_path_buf(), source })?;
-        targets.push(t);
-    }
-    let lora = LoraConfig { rank: w.rank, alpha: w.alpha, dropout: w.dropout, targets };
-    let path = dir.join(peft::WEIGHTS_FILE);
-    Adapter::load_safetensors(&path, &base.config, &lora, base.device())
-        .map_err(|source| GateError::Load { path, source })
-}
-
-/// The sha256 the base model is recorded under (its first file).
-pub fn base_sha256(base: &Base) -> Option<String> {
-    base.files().first().map(|(_, sha)| sha.clone())
-}
-
-/// Everything `evaluate_and_gate` decided and measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct GateOutcome {
     pub candidate_id: i64,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::Ctx;
-use crate::adapters::gating::{base_sha256, load_adapter};
+use crate::adapters::{base_sha256, load_adapter};
 use crate::cli::EvalArgs;
 use crate::eval::inputs::EvalInputs;
 use crate::eval::suite::{run_suite, SuiteOptions};
