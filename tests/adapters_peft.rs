@@ -63,7 +63,10 @@ fn assert_matches(base: &Base, adapter: Option<&Adapter>, arch: &str, reference:
     for (s, seq) in seqs.iter().enumerate() {
         let got = our_logits(base, adapter, seq);
         let d = max_abs_diff(&got, &want[s]);
-        eprintln!("{arch} {}: sequence {s}: max |Δlogit| = {d:.2e}", reference.file_name().unwrap().to_string_lossy());
+        eprintln!(
+            "{arch} {}: sequence {s}: max |Δlogit| = {d:.2e}",
+            reference.file_name().unwrap().to_string_lossy()
+        );
         assert!(d < TOL, "{arch} {}: sequence {s}: max |Δlogit| = {d:e}", reference.display());
     }
     // The scoring path (target_logprobs) against log-softmax of the reference.
@@ -180,7 +183,10 @@ fn our_peft_export_is_what_peft_loaded_and_gives_its_logits() {
             continue;
         }
         for f in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
-            assert!(files_equal(&out.join(f), &committed.join(f)), "{arch}: {f} differs from the committed export");
+            assert!(
+                files_equal(&out.join(f), &committed.join(f)),
+                "{arch}: {f} differs from the committed export"
+            );
         }
         let adapter = load_adapter(&out, &base).unwrap();
         assert_matches(&base, Some(&adapter), arch, &fixture(arch).join("logits_ours.safetensors"));

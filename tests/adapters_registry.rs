@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use warsha::adapters::registry::{apply_retention, dir_stats, export, import_peft, promote, rollback, ExportFormat};
+use warsha::adapters::registry::{
+    apply_retention, dir_stats, export, import_peft, promote, rollback, ExportFormat,
+};
 use warsha::adapters::{peft, AdapterError, BaseShapes, LoraPair, LoraWeights, MODULES};
 use warsha::data_dir::DataDir;
 use warsha::store::adapters::NewAdapter;
@@ -116,7 +118,9 @@ fn rejected_adapter_never_becomes_active() {
     let a = candidate(&mut e, "run-1", 1, None);
     let b = candidate(&mut e, "run-2", 2, Some(a));
     promote(&mut e.store, &e.data, a, None, 5).unwrap();
-    e.store.set_adapter_state(b, "rejected", Some(&serde_json::json!(["no primary measure improved"]))).unwrap();
+    e.store
+        .set_adapter_state(b, "rejected", Some(&serde_json::json!(["no primary measure improved"])))
+        .unwrap();
     let err = promote(&mut e.store, &e.data, b, None, 5).unwrap_err();
     assert!(err.to_string().contains("never becomes active"), "{err}");
     assert_eq!(state(&e, b), "rejected");
@@ -189,7 +193,8 @@ fn peft_export_then_import_is_bit_exact() {
     let mut e = env();
     let id = candidate(&mut e, "run-1", 3, None);
     let out = tempfile::tempdir().unwrap();
-    let files = export(&e.store, &e.data, id, ExportFormat::Peft, out.path(), &shapes(), "tiny-qwen2").unwrap();
+    let files =
+        export(&e.store, &e.data, id, ExportFormat::Peft, out.path(), &shapes(), "tiny-qwen2").unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(peft::read_dir(out.path()).unwrap(), weights(3));
     // The exported weights file is byte-identical to the stored one.

@@ -106,7 +106,11 @@ fn a_tracked_score_falling_beyond_tolerance_rejects() {
     c.perturbed_choice_accuracy = Some(0.20); // robustness collapsed
     let d = decide(&c, &bare_base(), &cfg());
     assert!(!d.promote);
-    assert!(d.reasons.iter().any(|r| r.starts_with("perturbed multiple-choice accuracy fell")), "{:#?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.starts_with("perturbed multiple-choice accuracy fell")),
+        "{:#?}",
+        d.reasons
+    );
 }
 
 #[test]
@@ -128,5 +132,9 @@ fn missing_measures_are_skipped_and_named() {
     c.answer_loss = Some(1.5);
     let d = decide(&c, &inc, &cfg());
     assert!(d.promote, "{:#?}", d.reasons);
-    assert!(d.reasons.iter().any(|r| r.contains("not compared") && r.contains("multiple-choice")), "{:#?}", d.reasons);
+    assert!(
+        d.reasons.iter().any(|r| r.contains("not compared") && r.contains("multiple-choice")),
+        "{:#?}",
+        d.reasons
+    );
 }

@@ -18,7 +18,9 @@ use std::path::Path;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use super::weights::{permute_rows_for_gguf, unpermute_rows_from_gguf, BaseShapes, LoraPair, LoraWeights, MODULES};
+use super::weights::{
+    permute_rows_for_gguf, unpermute_rows_from_gguf, BaseShapes, LoraPair, LoraWeights, MODULES,
+};
 use super::AdapterError;
 
 fn gguf_err(path: &Path, e: impl std::fmt::Display) -> AdapterError {
@@ -43,8 +45,10 @@ pub fn to_bytes(w: &LoraWeights, base: &BaseShapes, name: &str) -> Result<Vec<u8
             Some(h) => permute_rows_for_gguf(&p.b, p.b_shape[0], p.b_shape[1], h),
             None => p.b.clone(),
         };
-        let a = Tensor::from_slice(&p.a, (p.a_shape[0], p.a_shape[1]), &Device::Cpu).map_err(|e| gguf_err(here, e))?;
-        let b = Tensor::from_vec(b, (p.b_shape[0], p.b_shape[1]), &Device::Cpu).map_err(|e| gguf_err(here, e))?;
+        let a = Tensor::from_slice(&p.a, (p.a_shape[0], p.a_shape[1]), &Device::Cpu)
+            .map_err(|e| gguf_err(here, e))?;
+        let b =
+            Tensor::from_vec(b, (p.b_shape[0], p.b_shape[1]), &Device::Cpu).map_err(|e| gguf_err(here, e))?;
         let stem = format!("blk.{layer}.{}.weight", m.gguf);
         for (suffix, t) in [("lora_a", a), ("lora_b", b)] {
             let q = QTensor::quantize(&t, GgmlDType::F32).map_err(|e| gguf_err(here, e))?;
@@ -75,14 +79,18 @@ pub fn write_file(path: &Path, w: &LoraWeights, base: &BaseShapes, name: &str) -
 /// llama q/k permutation). `rank` comes from the tensors; `alpha` from the
 /// metadata. Returns the architecture with the weights.
 pub fn read_file(path: &Path, base: &BaseShapes) -> Result<(String, LoraWeights), AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
     let mut r = Cursor::new(bytes);
     let content = gguf_file::Content::read(&mut r).map_err(|e| gguf_err(path, e))?;
     let get_str = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
-    if get_str("general.type").as_deref() != Some("adapter") || get_str("adapter.type").as_deref() != Some("lora") {
+    if get_str("general.type").as_deref() != Some("adapter")
+        || get_str("adapter.type").as_deref() != Some("lora")
+    {
         return Err(gguf_err(path, "not a LoRA adapter (general.type/adapter.type)"));
     }
-    let arch = get_str("general.architecture").ok_or_else(|| gguf_err(path, "missing general.architecture"))?;
+    let arch =
+        get_str("general.architecture").ok_or_else(|| gguf_err(path, "missing general.architecture"))?;
     let alpha = content
         .metadata
         .get("adapter.lora.alpha")
@@ -184,7 +192,14 @@ mod tests {
         assert_eq!(info.shape.dims(), &[32, 4]);
         assert_eq!(c.tensor_infos["blk.0.ffn_down.weight.lora_a"].shape.dims(), &[4, 96]);
         let stored = |n: &str| {
-            c.tensor(&mut r.clone(), n, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            c.tensor(&mut r.clone(), n, &Device::Cpu)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let k = &w.pairs[&(1, Module::by_short("k").unwrap())];
         assert_eq!(stored("blk.1.attn_k.weight.lora_b"), permute_rows_for_gguf(&k.b, 32, 4, 2));

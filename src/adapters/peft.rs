@@ -25,10 +25,12 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Read a PEFT adapter directory.
 pub fn read_dir(dir: &Path) -> Result<LoraWeights, AdapterError> {
     let cfg_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| AdapterError::Io { path: cfg_path.clone(), source })?;
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|source| AdapterError::Io { path: cfg_path.clone(), source })?;
     let cfg: Value = serde_json::from_str(&text)
         .map_err(|e| AdapterError::Config { path: cfg_path.clone(), reason: e.to_string() })?;
-    let (rank, alpha, dropout) = parse_config(&cfg).map_err(|reason| AdapterError::Config { path: cfg_path, reason })?;
+    let (rank, alpha, dropout) =
+        parse_config(&cfg).map_err(|reason| AdapterError::Config { path: cfg_path, reason })?;
     let w_path = dir.join(WEIGHTS_FILE);
     if !w_path.exists() && dir.join("adapter_model.bin").exists() {
         return Err(AdapterError::Unsupported {
@@ -51,8 +53,9 @@ fn parse_config(cfg: &Value) -> Result<(usize, f64, f64), String> {
             return Err(format!("task_type is {t:?}, expected \"CAUSAL_LM\""));
         }
     }
-    let rank = cfg.get("r").and_then(Value::as_u64).filter(|&r| r > 0).ok_or("r: expected a positive integer")?
-        as usize;
+    let rank =
+        cfg.get("r").and_then(Value::as_u64).filter(|&r| r > 0).ok_or("r: expected a positive integer")?
+            as usize;
     let mut alpha = cfg.get("lora_alpha").and_then(Value::as_f64).ok_or("lora_alpha: expected a number")?;
     let dropout = cfg.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
@@ -77,7 +80,8 @@ fn parse_config(cfg: &Value) -> Result<(usize, f64, f64), String> {
             return Err(format!("{k} = true: this LoRA variant is not supported"));
         }
     }
-    for k in ["layer_replication", "trainable_token_indices", "target_parameters", "alora_invocation_tokens"] {
+    for k in ["layer_replication", "trainable_token_indices", "target_parameters", "alora_invocation_tokens"]
+    {
         if cfg.get(k).is_some_and(|v| !v.is_null()) {
             return Err(format!("{k} is set: this LoRA variant is not supported"));
         }
@@ -111,7 +115,10 @@ fn parse_name(name: &str) -> Option<(usize, Module, char)> {
     let rest = name.strip_prefix("base_model.model.model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let m = crate::adapters::weights::MODULES.iter().copied().find(|m| rest.starts_with(&format!("{}.", m.peft)))?;
+    let m = crate::adapters::weights::MODULES
+        .iter()
+        .copied()
+        .find(|m| rest.starts_with(&format!("{}.", m.peft)))?;
     let tail = &rest[m.peft.len() + 1..];
     let which = tail.strip_prefix("lora_")?.chars().next()?;
     let after = tail.get("lora_".len() + 1..)?;
@@ -204,7 +211,8 @@ fn parse_tensors(
 
 /// The `adapter_config.json` PEFT reads for these weights.
 pub fn config_json(w: &LoraWeights, base_model: &str) -> Value {
-    let targets: Vec<&str> = w.modules().iter().map(|m| m.peft.rsplit('.').next().unwrap_or(m.peft)).collect();
+    let targets: Vec<&str> =
+        w.modules().iter().map(|m| m.peft.rsplit('.').next().unwrap_or(m.peft)).collect();
     json!({
         "alpha_pattern": {},
         "base_model_name_or_path": base_model,
@@ -299,17 +307,21 @@ mod tests {
         write_dir(dir.path(), &w, "tiny").unwrap();
         let back = read_dir(dir.path()).unwrap();
         assert_eq!(back, w);
-        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap()).unwrap();
         assert_eq!(cfg["target_modules"], json!(["q_proj", "down_proj"]));
         assert_eq!(cfg["r"], 2);
     }
 
     #[test]
     fn names_with_adapter_suffix_are_accepted_and_others_refused() {
-        let (l, m, w) = parse_name("base_model.model.model.layers.3.mlp.up_proj.lora_B.default.weight").unwrap();
+        let (l, m, w) =
+            parse_name("base_model.model.model.layers.3.mlp.up_proj.lora_B.default.weight").unwrap();
         assert_eq!((l, m.short, w), (3, "up", 'B'));
         assert!(parse_name("base_model.model.lm_head.lora_A.weight").is_none());
-        assert!(parse_name("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector").is_none());
+        assert!(
+            parse_name("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector").is_none()
+        );
         assert!(parse_name("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight").is_none());
     }
 

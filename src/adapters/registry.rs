@@ -102,7 +102,11 @@ pub fn promote(
                 })
             }
             "retired" => {
-                return Err(AdapterError::State { id, state: row.state, why: "its files were deleted".into() })
+                return Err(AdapterError::State {
+                    id,
+                    state: row.state,
+                    why: "its files were deleted".into(),
+                })
             }
             "active" => return Ok((Switch { active: Some(row), ..Default::default() }, vec![])),
             _ => {}

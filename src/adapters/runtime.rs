@@ -26,7 +26,8 @@ pub fn load_adapter(dir: &Path, base: &Base) -> Result<Adapter, AdapterError> {
     let w = peft::read_dir(dir)?;
     w.check_against(&BaseShapes::from(&base.config))?;
     let load = |source| AdapterError::Load { path: dir.to_path_buf(), source };
-    let targets = w.modules().iter().map(|m| m.short.parse::<Target>()).collect::<Result<Vec<_>, _>>().map_err(load)?;
+    let targets =
+        w.modules().iter().map(|m| m.short.parse::<Target>()).collect::<Result<Vec<_>, _>>().map_err(load)?;
     let lora = LoraConfig { rank: w.rank, alpha: w.alpha, dropout: w.dropout, targets };
     Adapter::load_safetensors(&dir.join(peft::WEIGHTS_FILE), &base.config, &lora, base.device()).map_err(load)
 }

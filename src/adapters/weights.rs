@@ -118,7 +118,9 @@ impl LoraWeights {
                 });
             }
             let (out, inp) = base.dims(m);
-            for (which, want, found) in [("A", [self.rank, inp], p.a_shape), ("B", [out, self.rank], p.b_shape)] {
+            for (which, want, found) in
+                [("A", [self.rank, inp], p.a_shape), ("B", [out, self.rank], p.b_shape)]
+            {
                 if want != found {
                     return Err(AdapterError::Shape {
                         tensor: Self::peft_name(layer, m, which),

@@ -20,7 +20,13 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
             let _lock = ctx.data.lock()?;
             let mut store = ctx.open_store()?;
             let reasons = json!({"promote": true, "reasons": ["promoted by the operator"]});
-            let s = registry::promote(&mut store, &ctx.data, id, Some(&reasons), ctx.config.retention.keep_adapters)?;
+            let s = registry::promote(
+                &mut store,
+                &ctx.data,
+                id,
+                Some(&reasons),
+                ctx.config.retention.keep_adapters,
+            )?;
             print_switch(&s, out.json, "promoted")
         }
         AdaptersCommand::Rollback(o) => {
@@ -69,7 +75,8 @@ pub fn base_shapes(ctx: &Ctx) -> Result<(PathBuf, BaseShapes)> {
     let Some(path) = ctx.config.model_path() else {
         bail!("no base model configured: set [model] path (a .gguf file or safetensors directory)");
     };
-    let cfg = read_model_config(&path).with_context(|| format!("reading the base model {}", path.display()))?;
+    let cfg =
+        read_model_config(&path).with_context(|| format!("reading the base model {}", path.display()))?;
     Ok((path, BaseShapes::from(&cfg)))
 }
 

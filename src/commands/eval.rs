@@ -39,8 +39,10 @@ pub fn run(ctx: &Ctx, args: EvalArgs) -> Result<()> {
         Some(r) => Some(load_adapter(&ctx.data.root().join(&r.path), &base)?),
         None => None,
     };
-    let inputs = EvalInputs::gather(&store, &ctx.config, row.as_ref().and_then(|r| r.data_snapshot.as_ref()))?;
-    let set_dir = inputs.eval_set.files.first().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
+    let inputs =
+        EvalInputs::gather(&store, &ctx.config, row.as_ref().and_then(|r| r.data_snapshot.as_ref()))?;
+    let set_dir =
+        inputs.eval_set.files.first().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
     let report = run_suite(&base, &tok, adapter.as_ref(), &inputs.borrow(), &SuiteOptions::default())?;
     let metrics = serde_json::to_value(&report.metrics)?;
     let adapter_id = row.as_ref().map(|r| r.id);
@@ -68,11 +70,22 @@ pub fn print_report(who: &str, set_dir: &Path, r: &Report) {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
     println!("evaluation of {who} on {} ({:.1} s)", set_dir.display(), m.seconds);
     println!("  score                 {:.3}", m.score);
-    println!("  held-out loss / ppl   {} / {}  ({} tokens)", f(m.heldout_loss), f(m.heldout_ppl), m.heldout_tokens);
+    println!(
+        "  held-out loss / ppl   {} / {}  ({} tokens)",
+        f(m.heldout_loss),
+        f(m.heldout_ppl),
+        m.heldout_tokens
+    );
     println!("  fact-token loss       {}  ({} tokens)", f(m.fact_loss), m.fact_tokens);
     println!("  answer-token loss     {}  (likelihood {})", f(m.answer_loss), f(m.answer_likelihood));
     println!("  choice accuracy       {}  ({} questions)", f(m.choice_accuracy), m.choice_items);
-    println!("  QA exact / F1 / chrF  {} / {} / {}  ({} questions)", f(m.qa_exact), f(m.qa_f1), f(m.qa_chrf), m.qa_items);
+    println!(
+        "  QA exact / F1 / chrF  {} / {} / {}  ({} questions)",
+        f(m.qa_exact),
+        f(m.qa_f1),
+        f(m.qa_chrf),
+        m.qa_items
+    );
     println!(
         "  perturbed likelihood / accuracy  {} / {}  (drop {}, {} questions)",
         f(m.perturbed_answer_likelihood),

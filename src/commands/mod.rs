@@ -2,6 +2,7 @@
 //! command's arguments into library calls and prints the result for people
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
+mod adapters;
 mod status;
 mod text;
 
@@ -50,7 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
         Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
-        Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
+        Command::Adapters(c) => adapters::run(&ctx, c),
         Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
         Command::Text(c) => text::run(c),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),

@@ -49,9 +49,15 @@ fn loss_verdict(name: &str, cand: f64, inc: f64, margin: f64) -> (Verdict, Strin
     let pct = rel * 100.0;
     let margin_pct = margin * 100.0;
     if cand < inc && -rel >= margin {
-        (Verdict::Improved, format!("{name} improved {inc:.4} → {cand:.4} ({pct:+.1}%, margin {margin_pct:.1}%)"))
+        (
+            Verdict::Improved,
+            format!("{name} improved {inc:.4} → {cand:.4} ({pct:+.1}%, margin {margin_pct:.1}%)"),
+        )
     } else if rel > margin {
-        (Verdict::Worse, format!("{name} worsened {inc:.4} → {cand:.4} ({pct:+.1}%, allowed +{margin_pct:.1}%)"))
+        (
+            Verdict::Worse,
+            format!("{name} worsened {inc:.4} → {cand:.4} ({pct:+.1}%, allowed +{margin_pct:.1}%)"),
+        )
     } else {
         (Verdict::Same, format!("{name} unchanged within margin {inc:.4} → {cand:.4} ({pct:+.1}%)"))
     }
@@ -123,7 +129,8 @@ pub fn decide(candidate: &Metrics, incumbent: &Metrics, cfg: &EvalConfig) -> Dec
                     tol * 100.0
                 ));
             } else {
-                reasons.push(format!("held-out loss {i:.4} → {c:.4} ({:+.1}%) within tolerance", rel * 100.0));
+                reasons
+                    .push(format!("held-out loss {i:.4} → {c:.4} ({:+.1}%) within tolerance", rel * 100.0));
             }
         }
         _ => not_compared.push("held-out loss"),

@@ -56,7 +56,11 @@ pub struct Metrics {
 /// answer-token loss, the per-token probability the model gives the
 /// reference answer). All three rise as the model learns the plant's
 /// answers; the likelihood moves first, accuracy and F1 follow.
-pub fn headline_score(choice_accuracy: Option<f64>, qa_f1: Option<f64>, answer_likelihood: Option<f64>) -> f64 {
+pub fn headline_score(
+    choice_accuracy: Option<f64>,
+    qa_f1: Option<f64>,
+    answer_likelihood: Option<f64>,
+) -> f64 {
     mean_present(&[choice_accuracy, qa_f1, answer_likelihood.map(|l| l.clamp(0.0, 1.0))]).unwrap_or(0.0)
 }
 

@@ -160,7 +160,9 @@ fn validate(item: &EvalItem) -> Result<(), String> {
         }
     }
     match item.task {
-        Task::Qa if !item.choices.is_empty() => Err("choices given for a qa item (use task \"choice\")".into()),
+        Task::Qa if !item.choices.is_empty() => {
+            Err("choices given for a qa item (use task \"choice\")".into())
+        }
         Task::Choice => {
             if item.choices.len() < 2 {
                 return Err(format!("a choice item needs at least 2 choices, found {}", item.choices.len()));

@@ -58,7 +58,8 @@ pub struct NewAdapter {
     pub data_snapshot: Option<serde_json::Value>,
 }
 
-const COLUMNS: &str = "id, run_id, parent_id, state, path, sha256, bytes, base_sha256, rank, alpha, targets, \
+const COLUMNS: &str =
+    "id, run_id, parent_id, state, path, sha256, bytes, base_sha256, rank, alpha, targets, \
                        data_snapshot, metrics, reasons, created_at, promoted_at";
 
 fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<serde_json::Value>> {
@@ -153,7 +154,11 @@ pub fn set_state_tx(
 /// Make `id` active: the current active row becomes `previous`, `id` becomes
 /// `active` with `promoted_at` now. Run inside one transaction: readers see
 /// either the old or the new active adapter, never none or two.
-pub fn promote_tx(tx: &Transaction<'_>, id: i64, reasons: Option<&serde_json::Value>) -> rusqlite::Result<()> {
+pub fn promote_tx(
+    tx: &Transaction<'_>,
+    id: i64,
+    reasons: Option<&serde_json::Value>,
+) -> rusqlite::Result<()> {
     tx.execute("UPDATE adapters SET state = 'previous' WHERE state = 'active' AND id != ?1", [id])?;
     tx.execute(
         "UPDATE adapters SET state = 'active', promoted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
@@ -180,12 +185,8 @@ pub fn retention_victims_tx(tx: &Transaction<'_>, keep: usize) -> rusqlite::Resu
     let newest_prev = rows.iter().filter(|r| r.state == "previous").max_by(|a, b| {
         (a.promoted_at.as_deref().unwrap_or(""), a.id).cmp(&(b.promoted_at.as_deref().unwrap_or(""), b.id))
     });
-    let protected: Vec<i64> = rows
-        .iter()
-        .filter(|r| r.state == "active")
-        .chain(newest_prev)
-        .map(|r| r.id)
-        .collect();
+    let protected: Vec<i64> =
+        rows.iter().filter(|r| r.state == "active").chain(newest_prev).map(|r| r.id).collect();
     let mut places = keep.saturating_sub(protected.len());
     let mut victims = Vec::new();
     for r in rows {
@@ -234,7 +235,12 @@ impl Store {
     }
 
     /// Set one row's state and reasons (its own transaction).
-    pub fn set_adapter_state(&mut self, id: i64, state: &str, reasons: Option<&serde_json::Value>) -> Result<()> {
+    pub fn set_adapter_state(
+        &mut self,
+        id: i64,
+        state: &str,
+        reasons: Option<&serde_json::Value>,
+    ) -> Result<()> {
         let err = self.sql_err();
         self.write(|tx| set_state_tx(tx, id, state, reasons).map_err(&err))
     }

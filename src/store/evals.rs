@@ -113,8 +113,10 @@ impl Store {
 
     /// (id, sha256, train-form text) of every document, by id.
     pub fn document_texts(&self) -> Result<Vec<(i64, String, String)>> {
-        let mut stmt =
-            self.conn().prepare("SELECT id, sha256, text FROM documents ORDER BY id").map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT id, sha256, text FROM documents ORDER BY id")
+            .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|it| it.collect())
