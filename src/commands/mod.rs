@@ -3,6 +3,9 @@
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
 mod adapters;
+mod bench_infer;
+mod eval;
+mod model;
 mod status;
 mod text;
 
@@ -50,10 +53,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Docs(_) => Err(NotYet("the document list (warsha docs)").into()),
         Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
         Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
-        Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
+        Command::Eval(a) => eval::run(&ctx, a),
         Command::Adapters(c) => adapters::run(&ctx, c),
-        Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
+        Command::Model(c) => model::run(&ctx, c),
         Command::Text(c) => text::run(c),
+        Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }

@@ -1,14 +1,21 @@
 //! The model core: configuration, the qwen2/llama decoder over frozen quantized
-//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring.
+//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring;
+//! tokenizing, chat templates, text generation, and installing models into the data dir.
 
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod info;
 pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
 pub mod qlinear;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Base, KvCache, LoadOptions, QuantKind};

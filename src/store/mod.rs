@@ -14,6 +14,7 @@
 pub mod adapters;
 pub mod evals;
 mod events;
+mod models;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 
 pub use events::{Event, Level};
+pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
 
 /// Busy timeout for every connection. Readers in WAL mode never block the
