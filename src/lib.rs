@@ -14,3 +14,4 @@ pub mod eval;
 pub mod model;
 pub mod store;
 pub mod text;
+pub mod train;

@@ -16,6 +16,7 @@ pub mod evals;
 mod events;
 mod models;
 mod status;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,9 @@ use rusqlite_migration::{Migrations, M};
 pub use events::{Event, Level};
 pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
+pub use train::{
+    DataSnapshot, DocSource, NewAdapter, QaSource, ReviewSource, RunRow, StepRow, TrainingSources,
+};
 
 /// Busy timeout for every connection. Readers in WAL mode never block the
 /// writer; this only covers checkpoints and a second writer's brief overlap.
