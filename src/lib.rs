@@ -5,10 +5,12 @@
 //! interfaces: nothing in `model/` knows about SQLite, nothing in `text/`
 //! knows about files, and only `store/` speaks SQL.
 
+pub mod adapters;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod eval;
 pub mod model;
 pub mod ingest;
 pub mod store;

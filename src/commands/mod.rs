@@ -2,7 +2,9 @@
 //! command's arguments into library calls and prints the result for people
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
+mod adapters;
 mod bench_infer;
+mod eval;
 mod model;
 mod docs;
 mod ingest;
@@ -61,8 +63,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
         Command::Text(c) => text::run(c),
+        Command::Eval(a) => eval::run(&ctx, a),
+        Command::Adapters(c) => adapters::run(&ctx, c),
         Command::Model(c) => model::run(&ctx, c),
-        Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
+        Command::Text(c) => text::run(c),
         Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),

@@ -11,6 +11,8 @@
 //!
 //! Typed queries live beside this file, one file per area.
 
+pub mod adapters;
+pub mod evals;
 mod events;
 mod models;
 pub mod ingest;

@@ -1,0 +1,20 @@
+//! The evaluation suite and the promotion gate: what decides whether a
+//! freshly trained adapter replaces the active one.
+//!
+//! - [`metrics`]: exact match, token F1, chrF, perplexity (pure).
+//! - [`facts`]: the fact-span rule (numbers, units, codes, part numbers).
+//! - [`set`]: the fixed eval set's JSONL format and hash.
+//! - [`report`]: the metric set, per-question results, the headline score.
+//! - [`gate`]: the pure promotion decision over two metric sets.
+//!
+//! docs/EVAL.md describes every measure and the gate's rule for operators.
+
+pub mod facts;
+pub mod gate;
+pub mod metrics;
+pub mod report;
+pub mod set;
+
+pub use gate::{decide, Decision, EvalConfig};
+pub use report::{headline_score, ItemResult, Metrics, Report};
+pub use set::{EvalItem, EvalSet, EvalSetError, Task};
