@@ -135,7 +135,21 @@ impl Pipeline {
             if row.origin == "drop" && row.state != "pending" && !self.drop_root().is_dir() {
                 continue;
             }
-            out.push(self.advance(row, None)?);
+            let (id, path) = (row.id, row.path.clone());
+            match self.advance(row, None) {
+                Ok(o) => out.push(o),
+                // One job that cannot finish (a move the filesystem refuses)
+                // must not hold up the others; it stays open for next time.
+                Err(IngestError::Store(e)) => return Err(IngestError::Store(e)),
+                Err(e) => {
+                    self.store.event(
+                        Level::Error,
+                        "ingest",
+                        &format!("cannot finish {path} yet: {e}"),
+                        Some(serde_json::json!({ "file_id": id })),
+                    )?;
+                }
+            }
         }
         Ok(out)
     }

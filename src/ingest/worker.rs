@@ -174,16 +174,41 @@ impl Worker {
         }
     }
 
-    /// The service loop: tick until stopped; `on` sees every outcome.
+    /// The service loop: tick until stopped; `on` sees every outcome. An
+    /// error (a move refused by the filesystem, a full disk) is recorded and
+    /// retried with a growing pause; it never ends the loop, and the file's
+    /// row says where its job stopped.
     pub fn run(mut self, mut on: impl FnMut(&Outcome)) -> Result<(), IngestError> {
+        let mut failures = 0u32;
         loop {
-            match self.tick()? {
-                Tick::Stopped => return Ok(()),
-                Tick::Did(o) => on(&o),
-                Tick::Waiting(d) => self.wait(d)?,
-                Tick::Idle => self.wait(Duration::from_secs(1))?,
+            let step = self.tick().and_then(|t| {
+                match t {
+                    Tick::Stopped => return Ok(true),
+                    Tick::Did(o) => on(&o),
+                    Tick::Waiting(d) => self.wait(d)?,
+                    Tick::Idle => self.wait(Duration::from_secs(1))?,
+                }
+                Ok(false)
+            });
+            match step {
+                Ok(true) => return Ok(()),
+                Ok(false) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    self.record_failure(&e);
+                    self.wait(Duration::from_secs(1 << failures.min(5)))?;
+                }
             }
         }
+    }
+
+    fn record_failure(&mut self, e: &IngestError) {
+        let msg = format!("ingest step failed (retried later): {e}");
+        if self.pipeline.store().event(Level::Error, "ingest", &msg, None).is_err() {
+            tracing::error!("{msg}");
+        }
+        // The file stays where it is (its row, if any, stays open): the next
+        // rescan or start takes it up again.
     }
 
     /// One pass: finish open jobs, take everything in the drop folder that
@@ -194,8 +219,23 @@ impl Worker {
         mut on: impl FnMut(&Outcome),
     ) -> Result<Vec<Outcome>, IngestError> {
         let start = Instant::now();
+        let mut failures = 0;
         loop {
-            match self.tick()? {
+            let t = match self.tick() {
+                Ok(t) => {
+                    failures = 0;
+                    t
+                }
+                // One file's trouble must not end the pass for the others;
+                // a store that keeps failing does.
+                Err(e) if failures < 5 => {
+                    failures += 1;
+                    self.record_failure(&e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match t {
                 Tick::Did(o) => on(&o),
                 Tick::Stopped | Tick::Idle => break,
                 Tick::Waiting(d) => {

@@ -230,6 +230,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn inflated_bytes_are_counted_whatever_the_header_declares() {
+        let data = vec![b' '; 10_000];
+        let mut c = Counted { inner: &data[..], left: 4096, over: false };
+        let mut sink = Vec::new();
+        assert!(c.read_to_end(&mut sink).is_err());
+        assert!(c.over);
+        assert!(sink.len() <= 4096);
+    }
+
+    #[test]
+    fn a_docx_whose_xml_unpacks_past_the_cap_is_a_bomb() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bomb.docx");
+        std::fs::write(&p, docx_bytes(&format!("<w:p><w:r><w:t>{}</w:t></w:r></w:p>", " ".repeat(3 << 20))))
+            .unwrap();
+        assert_eq!(extract(&p, 1 << 20), Err(Reject::DocxTooLarge { limit_mib: 1 }));
+    }
+
+    #[test]
     fn paragraphs_headings_tables_breaks_and_bidi() {
         let body = r#"<w:p><w:pPr><w:pStyle w:val="Heading1"/><w:bidi/></w:pPr><w:r><w:t>دليل الصيانة</w:t></w:r></w:p>
 <w:p><w:pPr><w:bidi/></w:pPr><w:r><w:t xml:space="preserve">افحص الصمام </w:t></w:r><w:r><w:t>كل أسبوع</w:t><w:br/><w:t>Check &amp; log</w:t></w:r></w:p>
