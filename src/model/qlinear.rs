@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Sha
 
 use super::error::Result;
 use super::nf4::Nf4Tensor;
+use super::q4_1_cpu;
 
 /// How a frozen (out, in) matrix is held.
 pub enum FrozenWeight {
@@ -107,12 +108,16 @@ impl CustomOp1 for FrozenMatMul {
             candle_core::bail!("frozen-matmul: input must be contiguous")
         }
         if let FrozenWeight::Ggml(q) = self.0.as_ref() {
-            if let (GgmlDType::Q4_1, CpuStorage::F32(xs), true) = (q.dtype(), s, super::q4_1_cpu::available())
-            {
+            let kind = match q.dtype() {
+                GgmlDType::Q4_1 => Some(q4_1_cpu::Kind::Q4_1),
+                GgmlDType::Q5_0 => Some(q4_1_cpu::Kind::Q5_0),
+                _ => None,
+            };
+            if let (Some(kind), CpuStorage::F32(xs), true) = (kind, s, q4_1_cpu::available()) {
                 let (n, k) = self.0.dims();
                 let count = l.shape().elem_count();
                 let x = &xs[l.start_offset()..l.start_offset() + count];
-                let y = super::q4_1_cpu::matmul(&q.data()?, n, k, x, count / k);
+                let y = q4_1_cpu::matmul(kind, &q.data()?, n, k, x, count / k);
                 let mut dims = l.shape().dims().to_vec();
                 if let Some(last) = dims.last_mut() {
                     *last = n;
