@@ -5,11 +5,13 @@
 mod adapters;
 mod bench_infer;
 mod eval;
+mod bench_train;
 mod model;
 mod docs;
 mod ingest;
 mod status;
 mod text;
+mod train;
 
 use std::path::Path;
 
@@ -62,9 +64,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Text(c) => text::run(c),
         Command::Eval(a) => eval::run(&ctx, a),
         Command::Adapters(c) => adapters::run(&ctx, c),
+        Command::Train(a) => train::run(&ctx, a),
+        Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
+        Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(c) => model::run(&ctx, c),
         Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
+        Command::Bench(crate::cli::BenchCommand::Train(a)) => bench_train::run(&ctx, a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
         Command::Extract(a) => ingest::extract_child(&a),
