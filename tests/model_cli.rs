@@ -85,7 +85,7 @@ fn import_then_fetch_installs_once_and_records_one_model() {
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{list}");
     assert_eq!(rows[0]["sha256"], SHA);
-    assert_eq!(rows[0]["name"], "smollm2-135m");
+    assert_eq!(rows[0]["name"], "SmolLM2-135M-Instruct.Q4_1", "the first record's name is kept");
 }
 
 #[test]
