@@ -4,10 +4,12 @@
 
 mod adapters;
 mod bench_infer;
+mod bench_train;
 mod eval;
 mod model;
 mod status;
 mod text;
+mod train;
 
 use std::path::Path;
 
@@ -52,12 +54,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ingest(_) => Err(NotYet("drop-folder ingestion (warsha ingest)").into()),
         Command::Docs(_) => Err(NotYet("the document list (warsha docs)").into()),
         Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
-        Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
+        Command::Train(a) => train::run(&ctx, a),
         Command::Eval(a) => eval::run(&ctx, a),
         Command::Adapters(c) => adapters::run(&ctx, c),
         Command::Model(c) => model::run(&ctx, c),
         Command::Text(c) => text::run(c),
         Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
+        Command::Bench(crate::cli::BenchCommand::Train(a)) => bench_train::run(&ctx, a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }
