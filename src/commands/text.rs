@@ -32,17 +32,20 @@ pub fn run(cmd: TextCommand) -> Result<()> {
 
 /// Normalize `input` line by line into `out`; line endings are kept as read.
 pub fn normalize_stream(input: impl Read, out: &mut impl Write, form: Form) -> Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 16, input);
-    let head = reader.fill_buf().context("reading stdin")?;
-    if !streams_as_utf8(head) {
-        let mut all = Vec::new();
-        reader.read_to_end(&mut all).context("reading stdin")?;
+    // The first 64 KiB decide (one read from a pipe may return far less).
+    let mut input = input;
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut input).take(HEAD as u64).read_to_end(&mut head).context("reading stdin")?;
+    if !streams_as_utf8(&head) {
+        let mut all = head;
+        input.read_to_end(&mut all).context("reading stdin")?;
         let text = decode(&all).map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
         for line in text.text.split_inclusive('\n') {
             write_line(line, out, form)?;
         }
         return Ok(());
     }
+    let mut reader = BufReader::with_capacity(1 << 16, io::Cursor::new(head).chain(input));
     let mut line = Vec::with_capacity(4096);
     let mut offset = 0usize;
     loop {
@@ -60,6 +63,8 @@ pub fn normalize_stream(input: impl Read, out: &mut impl Write, form: Form) -> R
         offset += n;
     }
 }
+
+const HEAD: usize = 1 << 16;
 
 /// UTF-8 (or ASCII) from its first block: anything else needs the decoder.
 fn streams_as_utf8(head: &[u8]) -> bool {
@@ -106,6 +111,30 @@ mod tests {
     fn cp1256_input_goes_through_the_decoder() {
         let (bytes, _, _) = encoding_rs::WINDOWS_1256.encode("صيانة المضخة");
         assert_eq!(run_on(&bytes, Form::Train).unwrap(), "صيانة المضخة");
+    }
+
+    /// A pipe that hands over one byte per read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&b, rest)), Some(slot)) => {
+                    *slot = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn short_reads_do_not_hide_a_cp1256_file() {
+        let (bytes, _, _) = encoding_rs::WINDOWS_1256.encode("Line 1: ok\nصيانة المضخة\n");
+        let mut out = Vec::new();
+        normalize_stream(Trickle(&bytes), &mut out, Form::Search).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "line 1: ok\nصيانه المضخه\n");
     }
 
     #[test]

@@ -152,12 +152,14 @@ fn mostly_utf8(bytes: &[u8]) -> bool {
                 let (good, bad) = rest.split_at(e.valid_up_to());
                 multibyte +=
                     std::str::from_utf8(good).map_or(0, |s| s.chars().filter(|c| !c.is_ascii()).count());
-                errors += 1;
+                // A sequence cut at the very end is a truncation, not evidence
+                // against UTF-8.
+                errors += usize::from(e.error_len().is_some());
                 rest = &bad[e.error_len().unwrap_or(bad.len())..];
             }
         }
     }
-    multibyte >= 4 * errors
+    multibyte > 0 && multibyte >= 4 * errors
 }
 
 /// Windows-1256 or ISO-8859-6, whichever reads as more plausible Arabic.

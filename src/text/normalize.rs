@@ -62,8 +62,16 @@ pub fn search_form(s: &str) -> String {
     if search_fast(s, &mut out) {
         return out;
     }
+    // Not clean: fold and compose once, after which the fast path almost
+    // always applies (it fails on the train form only for an uncomposed
+    // combining hamza/madda or a Latin letter with a multi-char lowercase).
+    let train = train_cow(s);
     out.clear();
-    search_general(&train_cow(s), out)
+    if search_fast(&train, &mut out) {
+        return out;
+    }
+    out.clear();
+    search_general(&train, out)
 }
 
 /// The train form in visual order with contextual letter shapes, line by line.
@@ -95,7 +103,7 @@ pub(crate) fn train_cow(s: &str) -> Cow<'_, str> {
     }
     // Deletion happens before composition: a removed ZWJ between a letter and
     // a combining hamza must not block NFC, or train would not be idempotent.
-    if is_nfc_quick(folded.chars()) == IsNormalized::Yes {
+    if is_train_clean(&folded) {
         Cow::Owned(folded)
     } else {
         Cow::Owned(folded.nfc().collect())
@@ -161,24 +169,35 @@ fn digit(d: u32) -> SearchAct {
 }
 
 /// True when `s` is its own train form: NFC by quick check, nothing to fold
-/// or delete.
+/// or delete. Byte-wise, with a table lookup for the Arabic block.
 fn is_train_clean(s: &str) -> bool {
     let block = arabic_block();
+    let bytes = s.as_bytes();
     let mut last_ccc = 0u8;
-    for c in s.chars() {
-        let ccc = match c as u32 {
-            0..=0x2FF => 0,
-            cp @ 0x600..=0x6FF => {
-                let i = (cp - 0x600) as usize;
-                if block.nfc_maybe[i] || block.removed[i] {
-                    return false;
-                }
-                block.ccc[i]
+    let mut i = 0usize;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let ccc = if b < 0x80 {
+            i += 1;
+            0
+        } else if (0xC2..=0xCB).contains(&b) {
+            // U+0080–U+02FF: starters, NFC "yes", nothing to fold.
+            i += 2;
+            0
+        } else if (0xD8..=0xDB).contains(&b) && i + 1 < bytes.len() {
+            let idx = (((b - 0xD8) as usize) << 6) | (bytes[i + 1] & 0x3F) as usize;
+            if block.nfc_maybe[idx] || block.removed[idx] {
+                return false;
             }
-            _ => match other_char(c) {
+            i += 2;
+            block.ccc[idx]
+        } else {
+            let Some(c) = s[i..].chars().next() else { return false };
+            i += c.len_utf8();
+            match other_char(c) {
                 Some(ccc) => ccc,
                 None => return false,
-            },
+            }
         };
         if ccc != 0 && last_ccc > ccc {
             return false;
@@ -221,40 +240,110 @@ impl Spaces<'_> {
 }
 
 /// One pass over text that is already its own train form; false (output
-/// unusable) as soon as a char needs the general path.
+/// unusable) as soon as a char needs the general path. Works on bytes: runs
+/// of chars the search form keeps as they are (most Arabic letters, lowercase
+/// ASCII, single spaces between words) are copied as slices, and only the
+/// chars that change are pushed one by one.
 fn search_fast(s: &str, out: &mut String) -> bool {
     let block = arabic_block();
+    let bytes = s.as_bytes();
     let mut last_ccc = 0u8;
-    let mut sp = Spaces { out, pending: false };
-    for c in s.chars() {
-        let cp = c as u32;
-        if cp < 0x80 {
+    let mut pending = false; // whitespace seen and not yet emitted
+    let mut run = 0usize; // start of the verbatim run not yet copied
+    let mut i = 0usize;
+    // Copy the verbatim run before `end`, then the pending space if any.
+    macro_rules! flush {
+        ($end:expr) => {
+            if run < $end {
+                out.push_str(&s[run..$end]);
+            }
+        };
+    }
+    macro_rules! emit_space {
+        () => {
+            if pending {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                pending = false;
+            }
+        };
+    }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
             last_ccc = 0;
-            if c.is_ascii_whitespace() || c == '\u{0B}' {
-                sp.pending = true;
+            if b == b' '
+                && !pending
+                && (run < i || !out.is_empty())
+                && bytes.get(i + 1).is_some_and(|&n| !may_start_whitespace(n))
+            {
+                // A single space between words stays as it is.
+                i += 1;
+            } else if b.is_ascii_whitespace() || b == 0x0B {
+                flush!(i);
+                pending = true;
+                i += 1;
+                run = i;
+            } else if b.is_ascii_uppercase() {
+                flush!(i);
+                emit_space!();
+                out.push(char::from(b.to_ascii_lowercase()));
+                i += 1;
+                run = i;
             } else {
-                sp.push(c.to_ascii_lowercase());
+                if pending {
+                    flush!(i);
+                    emit_space!();
+                    run = i;
+                }
+                i += 1;
             }
             continue;
         }
-        if (0x600..0x700).contains(&cp) {
-            let i = (cp - 0x600) as usize;
-            if block.nfc_maybe[i] || block.removed[i] {
+        if (0xD8..=0xDB).contains(&b) && i + 1 < bytes.len() {
+            // U+0600–U+06FF: two bytes, index from the payload bits.
+            let idx = (((b - 0xD8) as usize) << 6) | (bytes[i + 1] & 0x3F) as usize;
+            if block.nfc_maybe[idx] || block.removed[idx] {
                 return false;
             }
-            let ccc = block.ccc[i];
+            let ccc = block.ccc[idx];
             if ccc != 0 && last_ccc > ccc {
                 return false;
             }
             last_ccc = ccc;
-            match block.search[i] {
-                SearchAct::Keep => sp.push(c),
-                SearchAct::Drop => {}
-                SearchAct::Map(m) => sp.push(m),
+            match block.search[idx] {
+                SearchAct::Keep => {
+                    if pending {
+                        flush!(i);
+                        emit_space!();
+                        run = i;
+                    }
+                }
+                SearchAct::Drop => {
+                    if run < i && bytes[i - 1] == b' ' && !pending {
+                        // A space kept in the run may yet be trailing or
+                        // doubled once this mark is gone: make it pending.
+                        flush!(i - 1);
+                        pending = true;
+                    } else {
+                        flush!(i);
+                    }
+                    run = i + 2;
+                }
+                SearchAct::Map(m) => {
+                    flush!(i);
+                    emit_space!();
+                    out.push(m);
+                    run = i + 2;
+                }
             }
+            i += 2;
             continue;
         }
-        let ccc = if cp <= 0x2FF {
+        let Some(c) = s[i..].chars().next() else { return false };
+        let len = c.len_utf8();
+        let ccc = if (c as u32) <= 0x2FF {
             0
         } else {
             match other_char(c) {
@@ -266,21 +355,36 @@ fn search_fast(s: &str, out: &mut String) -> bool {
             return false;
         }
         last_ccc = ccc;
+        flush!(i);
         if c.is_whitespace() {
-            sp.pending = true;
-        } else if is_latin_letter(c) {
-            // Every char here is NFC-quick-check "yes", so none can compose
-            // with what precedes it; a one-char lowercase keeps that true.
-            let mut lower = c.to_lowercase();
-            match (lower.next(), lower.next()) {
-                (Some(l), None) => sp.push(l),
-                _ => return false,
-            }
+            pending = true;
         } else {
-            sp.push(c);
+            emit_space!();
+            if is_latin_letter(c) {
+                // Every char here is NFC-quick-check "yes", so none can
+                // compose with what precedes it; a one-char lowercase keeps
+                // that true.
+                let mut lower = c.to_lowercase();
+                match (lower.next(), lower.next()) {
+                    (Some(l), None) => out.push(l),
+                    _ => return false,
+                }
+            } else {
+                out.push(c);
+            }
         }
+        i += len;
+        run = i;
     }
+    flush!(bytes.len());
     true
+}
+
+/// Whether a UTF-8 byte can begin a whitespace char (ASCII whitespace, or the
+/// lead byte of U+0085/U+00A0, U+1680, U+2000–U+205F, U+3000).
+#[inline]
+fn may_start_whitespace(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ' | 0xC2 | 0xE1 | 0xE2 | 0xE3)
 }
 
 /// Search rules over a train-form string, then NFC again until stable: a
@@ -336,10 +440,28 @@ mod tests {
             "قَالَ: \tافحص\n\nالصمام",
             "ÉCOLE Ｆｕｌｌ ١٢٣ ۴۵",
             "",
+            "a \u{064E}",
+            "a \u{064E} b",
+            " \u{064E}a ",
+            "x \u{00A0}y\u{2003}z € A",
+            "قال أحمد:  إنّ  الضغط\u{0085}عالٍ ",
         ] {
             let mut fast = String::new();
             assert!(search_fast(s, &mut fast), "{s:?} should take the fast path");
             assert_eq!(fast, general(s), "{s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn fast_path_agrees_with_the_general_path(
+            s in "[ a-zA-Z\t\n\u{00A0}\u{2003}\u{0600}-\u{06FF}éÉ€]{0,30}"
+        ) {
+            let mut fast = String::new();
+            if search_fast(&s, &mut fast) {
+                proptest::prop_assert_eq!(fast, general(&s));
+            }
         }
     }
 

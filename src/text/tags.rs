@@ -116,7 +116,8 @@ mod tests {
         let m = tags("افحص ضغط pump P-101 قبل start");
         assert_eq!(m.lang, Lang::Mixed);
         assert!(m.arabic_share > 0.3 && m.arabic_share < 0.7, "{}", m.arabic_share);
-        assert_eq!(tags("12.5 bar, 3000 rpm").lang, Lang::Other);
+        assert_eq!(tags("12.5 / 3000 ±0.2").lang, Lang::Other);
+        assert_eq!(tags("12.5 bar, 3000 rpm").lang, Lang::En);
         assert_eq!(tags("Прочность стали").lang, Lang::Other);
         assert_eq!(tags("").arabic_share, 0.0);
     }
