@@ -18,6 +18,7 @@
 //! - [`runtime`]: a registry adapter loaded on a base model.
 //! - [`gating`]: score a candidate, decide, record the outcome.
 
+pub mod gating;
 pub mod gguf;
 pub mod peft;
 pub mod registry;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use crate::store::StoreError;
 
 pub use registry::{export, import_peft, promote, rollback, ExportFormat, Switch};
+pub use gating::{evaluate_and_gate, gate_candidate, GateError, GateOutcome};
 pub use runtime::{base_sha256, load_adapter};
 pub use weights::{BaseShapes, LoraPair, LoraWeights, Module, MODULES};
 

@@ -6,10 +6,12 @@
 //! knows about files, and only `store/` speaks SQL.
 
 pub mod adapters;
+pub mod answer;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod demo_assets;
 pub mod eval;
 pub mod model;
 pub mod ingest;

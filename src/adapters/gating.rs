@@ -14,7 +14,9 @@ use serde_json::json;
 use super::registry::{promote, Switch};
 use super::runtime::{base_sha256, load_adapter};
 use super::AdapterError;
+use crate::config::Config;
 use crate::data_dir::DataDir;
+use crate::eval::inputs::{EvalInputs, InputsError};
 use crate::eval::gate::{decide, Decision, EvalConfig};
 use crate::eval::suite::{inputs_sha256, run_suite, EvalError, SuiteInputs, SuiteOptions};
 use crate::eval::{Metrics, Report};
@@ -29,6 +31,8 @@ pub enum GateError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    #[error(transparent)]
+    Inputs(#[from] InputsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -120,6 +124,24 @@ pub fn evaluate_and_gate(
         decision,
         switch,
     })
+}
+
+/// [`evaluate_and_gate`] with everything taken from the data dir: the
+/// candidate's recorded held-out split, the eval set, the unused reviews,
+/// the `[eval]` margins and `[retention] keep_adapters` from `cfg`, and the
+/// default suite options. What the service and the demo call after a round.
+pub fn gate_candidate(
+    store: &mut Store,
+    data: &DataDir,
+    cfg: &Config,
+    base: &Base,
+    tok: &Tok,
+    candidate_id: i64,
+) -> Result<GateOutcome, GateError> {
+    let row = store.adapter(candidate_id)?.ok_or(AdapterError::NotFound(candidate_id))?;
+    let inputs = EvalInputs::gather(store, cfg, row.data_snapshot.as_ref())?;
+    let opts = SuiteOptions::default();
+    evaluate_and_gate(store, data, &cfg.eval, cfg.retention.keep_adapters, base, tok, candidate_id, &inputs.borrow(), &opts)
 }
 
 fn record(store: &mut Store, adapter_id: Option<i64>, base_sha: Option<&str>, rep: &Report) -> Result<i64, GateError> {

@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::io::IsTerminal;
+
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::Ctx;
@@ -16,7 +19,10 @@ use crate::cli::{DemoArgs, IngestArgs, JsonFlag};
 use crate::demo_assets;
 use crate::model::fetch;
 use crate::model::tokenizer::Tok;
-use crate::model::{Adapter, Base};
+use crate::model::{Adapter, Base, LoadOptions, QuantKind};
+use crate::train::round::{self, RoundInputs, RoundOutcome};
+use crate::train::stop::StopWhen;
+use crate::train::{device, install_stop_signals};
 use crate::store::Level;
 
 /// The demo's model: small enough to train on two CPU cores in minutes.
@@ -58,7 +64,13 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
     ));
     {
         let mut store = ctx.open_store()?;
-        store.record_model(&installed)?;
+        store.record_model(
+            &installed.name,
+            &installed.path.display().to_string(),
+            &installed.sha256,
+            installed.bytes,
+            installed.arch.as_deref(),
+        )?;
     }
 
     // 2. Drop the plant's documents into the drop folder and ingest them.
@@ -70,25 +82,28 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
 
     let _lock = ctx.data.lock()?;
     let mut store = ctx.open_store()?;
-    let eval_path = write_eval_set(ctx.data.root())?;
+    write_eval_set(ctx.data.root())?;
 
     // 3. Load the base once; train a round.
     let model_path = PathBuf::from(&ctx.config.model.path);
-    let opts = super::train::load_options(&ctx.config)?;
-    let base = Base::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    device::tame_cpu_threads();
+    let (dev, dtype) = device::select(&ctx.config.model.device)?;
+    let quant: QuantKind = ctx.config.model.quant.parse()?;
+    let base = Base::load(&model_path, &LoadOptions { device: dev, dtype, quant })
+        .with_context(|| format!("loading {}", model_path.display()))?;
     let tok = Tok::for_model(&model_path)?;
     say(&format!(
         "[3/6] training a LoRA adapter (r={}, {} steps, seq {})",
         ctx.config.lora.rank, ctx.config.train.max_steps, ctx.config.train.seq_len
     ));
-    let round = super::train::round_with_progress(&ctx, &mut store, &base, &tok, None, false, None, json_out)?;
+    let round = train_round(&ctx, &mut store, &base, &tok, &model_path, json_out)?;
     let Some(candidate) = round.adapter_id else {
         bail!("the training round ended without an adapter ({:?})", round.status);
     };
 
     // 4–5. Score the bare base and the candidate on the eval set; gate.
     say("[4/6] scoring the bare base model and the new adapter on the eval questions");
-    let outcome = crate::adapters::gate_candidate(&mut store, &ctx.data, &ctx.config, &base, &tok, candidate, &eval_path)
+    let outcome = crate::adapters::gate_candidate(&mut store, &ctx.data, &ctx.config, &base, &tok, candidate)
         .context("evaluating and gating the new adapter")?;
     let before = outcome.incumbent.score;
     let after = outcome.candidate.metrics.score;
@@ -152,6 +167,45 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
         println!("finished in {:.0} s", secs);
     }
     Ok(())
+}
+
+/// One training round with a progress bar on the terminal.
+fn train_round(
+    ctx: &Ctx,
+    store: &mut crate::store::Store,
+    base: &Base,
+    tok: &Tok,
+    model_path: &Path,
+    json_out: bool,
+) -> Result<RoundOutcome> {
+    let flag = install_stop_signals().context("installing the SIGTERM handler")?;
+    let total = ctx.config.train.max_steps as u64;
+    let bar = if json_out || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("      {elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    };
+    let inputs = RoundInputs {
+        config: &ctx.config,
+        data_dir: &ctx.data,
+        base,
+        tok,
+        base_model: model_path.display().to_string(),
+        steps: None,
+        resume: false,
+        stop: StopWhen { flag: Some(flag), deadline: None },
+    };
+    let mut on_step = |r: &crate::train::trainer::StepReport| {
+        bar.set_position(r.step as u64);
+        bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.positions_per_s));
+    };
+    let out = round::run_round(store, inputs, &mut on_step)?;
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// The demo's settings: its own data dir (unless one was given), a drop

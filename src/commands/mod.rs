@@ -3,12 +3,14 @@
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
 mod adapters;
+mod ask;
 mod bench_infer;
-mod eval;
 mod bench_train;
-mod model;
+mod demo;
 mod docs;
+mod eval;
 mod ingest;
+mod model;
 mod status;
 mod text;
 mod train;
@@ -52,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         // The isolated extraction child: no config, no data dir.
         return ingest::extract_child(a);
     }
+    let explicit_data_dir = cli.data_dir.is_some();
     let ctx = Ctx::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
     match cli.command {
         Command::Status(o) => status::run(&ctx, o),
@@ -59,17 +62,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tui => Err(NotYet("the operator terminal UI (warsha tui)").into()),
         Command::Ingest(a) => ingest::run(&ctx, &a),
         Command::Docs(c) => docs::run(&ctx, &c),
-        Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
-        Command::Text(c) => text::run(c),
+        Command::Ask(a) => ask::run(&ctx, &a),
+        Command::Train(a) => train::run(&ctx, a),
         Command::Eval(a) => eval::run(&ctx, a),
         Command::Adapters(c) => adapters::run(&ctx, c),
-        Command::Train(a) => train::run(&ctx, a),
         Command::Model(c) => model::run(&ctx, c),
+        Command::Text(c) => text::run(c),
         Command::Bench(BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
         Command::Bench(BenchCommand::Train(a)) => bench_train::run(&ctx, a),
-        Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
-        Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
+        Command::Demo(a) => demo::run(&ctx, &a, explicit_data_dir),
         Command::Extract(a) => ingest::extract_child(&a),
     }
 }

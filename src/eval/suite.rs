@@ -116,6 +116,8 @@ fn token_logprobs(
     let mut order: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].ids.len() >= 2).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].ids.len()));
     let mut out = vec![Vec::new(); seqs.len()];
+    let total: usize = order.iter().map(|&i| seqs[i].ids.len() - 1).sum();
+    tracing::debug!(sequences = order.len(), positions = total, "eval: teacher-forced pass");
     let mut at = 0;
     while at < order.len() {
         let t = seqs[order[at]].ids.len() - 1;
@@ -323,6 +325,7 @@ pub fn run_suite(
     let mut m = Metrics { inputs_sha256: inputs_sha256(inputs, opts), ..Default::default() };
 
     // Held-out text: plain and fact-token loss from the same windows.
+    let phase = Instant::now();
     let (plain, facts) = heldout_seqs(tok, inputs.heldout, opts)?;
     if !plain.is_empty() {
         let lps = token_logprobs(base, adapter, &plain, opts.batch_tokens)?;
@@ -335,6 +338,7 @@ pub fn run_suite(
         m.fact_loss = fl.mean();
         m.fact_tokens = fl.tokens;
     }
+    tracing::info!(windows = plain.len(), tokens = m.heldout_tokens, secs = phase.elapsed().as_secs_f64(), "eval: held-out text scored");
 
     // Questions: eval set and reviews, answer loss and choices.
     let mut items: Vec<(EvalItem, String)> =
@@ -352,7 +356,9 @@ pub fn run_suite(
         };
         items.push((item, r.question.clone()));
     }
+    let phase = Instant::now();
     let scored = score_items(base, tok, adapter, &items, opts)?;
+    tracing::info!(items = items.len(), secs = phase.elapsed().as_secs_f64(), "eval: answers and options scored");
     let al = mean_loss(scored.iter().map(|s| s.answer));
     m.answer_loss = al.mean();
     m.answer_tokens = al.tokens;
@@ -361,6 +367,8 @@ pub fn run_suite(
     m.choice_items = items.iter().filter(|(i, _)| i.task == Task::Choice).count();
 
     // Greedy answers for qa items.
+    let phase = Instant::now();
+    let mut generated = 0usize;
     let mut results = Vec::with_capacity(items.len());
     let (mut em, mut f1, mut cf) = (Vec::new(), Vec::new(), Vec::new());
     for ((item, q), s) in items.iter().zip(&scored) {
@@ -382,6 +390,7 @@ pub fn run_suite(
         let prompt = tok.chat_prompt(opts.system.as_deref(), q).map_err(tok_err(&item.id))?;
         let g = generate(base, adapter, tok, &prompt, &Sampling::greedy(), opts.max_new_tokens, &mut |_| true)
             .map_err(|source| EvalError::Gen { id: item.id.clone(), source })?;
+        generated += g.tokens.len();
         let (p, r) = (search_form(g.text.trim()), search_form(&item.answer));
         let (e, f, c) = (exact_match(&p, &r), token_f1(&p, &r), chrf(&p, &r));
         em.push(e);
@@ -402,9 +411,12 @@ pub fn run_suite(
     m.qa_f1 = avg(&f1);
     m.qa_chrf = avg(&cf);
     m.qa_items = f1.len();
+    tracing::info!(answers = m.qa_items, tokens = generated, secs = phase.elapsed().as_secs_f64(), "eval: greedy answers scored");
 
     if opts.robustness {
+        let phase = Instant::now();
         robustness(base, tok, adapter, &items, &scored, opts, &mut m)?;
+        tracing::info!(items = m.perturbed_items, secs = phase.elapsed().as_secs_f64(), "eval: perturbed questions scored");
     }
     m.score = headline_score(m.choice_accuracy, m.qa_f1, m.answer_likelihood);
     m.seconds = started.elapsed().as_secs_f64();
