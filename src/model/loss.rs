@@ -241,6 +241,14 @@ mod tests {
     use super::*;
     use crate::model::{LoadOptions, LoraConfig, ModelConfig, QuantKind};
 
+    /// The service shares one loaded base between the trainer and the query server.
+    #[test]
+    fn base_and_adapter_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Base>();
+        shared::<Adapter>();
+    }
+
     /// The whole backward over quantized layers: candle's GradStore must hold no tensor
     /// shaped like any frozen weight (only adapter vars and activation-shaped entries).
     #[test]
