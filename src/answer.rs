@@ -11,9 +11,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::model::generate::{generate, GenError, Sampling};
-use crate::model::tokenizer::Tok;
+use crate::model::tokenizer::{Tok, TokError};
 use crate::model::{Adapter, Base};
-use crate::store::{ChunkHit, Store, StoreError};
+use crate::store::ingest::ChunkHit;
+use crate::store::{Store, StoreError};
 use crate::text::normalize::search_form;
 
 /// Chunks retrieved per question.
@@ -28,6 +29,8 @@ pub enum AnswerError {
     Store(#[from] StoreError),
     #[error("generation failed: {0}")]
     Gen(#[from] GenError),
+    #[error("tokenizer: {0}")]
+    Tok(#[from] TokError),
     #[error("the question is empty")]
     Empty,
 }

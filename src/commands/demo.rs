@@ -37,7 +37,7 @@ const DEMO_QUESTIONS: [&str; 3] = [
 
 pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
     let started = Instant::now();
-    let mut ctx = demo_ctx(ctx, explicit_data_dir)?;
+    let mut ctx = demo_ctx(ctx, explicit_data_dir, args.steps)?;
     let json_out = args.out.json;
     let say = |s: &str| {
         if !json_out {
@@ -211,7 +211,7 @@ fn train_round(
 /// The demo's settings: its own data dir (unless one was given), a drop
 /// folder inside it, quick settling, and a short training round sized for
 /// two CPU cores.
-fn demo_ctx(ctx: &Ctx, explicit_data_dir: bool) -> Result<Ctx> {
+fn demo_ctx(ctx: &Ctx, explicit_data_dir: bool, steps: Option<usize>) -> Result<Ctx> {
     let mut config = ctx.config.clone();
     if !explicit_data_dir {
         config.paths.data_dir = std::env::current_dir()?.join("warsha-demo");
@@ -221,8 +221,8 @@ fn demo_ctx(ctx: &Ctx, explicit_data_dir: bool) -> Result<Ctx> {
     config.ingest.stability_secs = 1;
     config.train.seq_len = 256;
     config.train.micro_batch = 1;
-    config.train.grad_accum = 4;
-    config.train.max_steps = 60;
+    config.train.grad_accum = 2;
+    config.train.max_steps = steps.unwrap_or(40).max(1);
     config.train.warmup_steps = 6;
     config.train.lr = 1e-3;
     config.train.checkpoint_every = 20;
