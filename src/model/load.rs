@@ -336,14 +336,11 @@ impl Base {
                 proj.try_into().map_err(|_| ModelError::Input("internal: projection count".into()))?;
             layers.push(Layer { attn_norm, mlp_norm, proj });
         }
-        let embed = Arc::new(quantize_table(&rng.tensor(&[cfg.vocab_size, h], 0.0, 0.05)?, &opts)?);
+        let embed = Arc::new(rng.table(cfg.vocab_size, h, &opts)?);
         let lm_head = if cfg.tie_embeddings {
             None
         } else {
-            Some(FrozenLinear::new(
-                quantize_table(&rng.tensor(&[cfg.vocab_size, h], 0.0, 0.05)?, &opts)?,
-                None,
-            ))
+            Some(FrozenLinear::new(rng.table(cfg.vocab_size, h, &opts)?, None))
         };
         let final_norm = dense(rng.tensor(&[h], 1.0, 0.1)?)?;
         Base::assemble(cfg.clone(), layers, embed, lm_head, final_norm, &opts, Vec::new())
@@ -381,6 +378,21 @@ impl SplitMix {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A random (rows, cols) Q8_0 table built a slice of rows at a time, so the dense
+    /// f32 table (933 MB for Qwen2-1.5B's vocabulary) never exists at once.
+    fn table(&mut self, rows: usize, cols: usize, opts: &LoadOptions) -> Result<FrozenWeight> {
+        let step = ((1 << 22) / cols.max(1)).max(1);
+        let mut bytes = Vec::new();
+        for r0 in (0..rows).step_by(step) {
+            let r = step.min(rows - r0);
+            let q = QTensor::quantize(&self.tensor(&[r, cols], 0.0, 0.05)?, GgmlDType::Q8_0)?;
+            bytes.extend_from_slice(&q.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q8_0)?;
+        let q = QTensor::new(storage, (rows, cols))?;
+        Ok(FrozenWeight::Ggml(Arc::new(to_device(q, &opts.device)?)))
     }
 
     /// Uniform values with the given mean and standard deviation.

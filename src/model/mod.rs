@@ -13,6 +13,7 @@ pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
+mod q4_1_cpu;
 pub mod qlinear;
 pub mod sampling;
 pub mod tokenizer;
