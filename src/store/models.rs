@@ -17,7 +17,8 @@ pub struct ModelRow {
 }
 
 impl Store {
-    /// Record an installed model; a second record of the same path updates it in place.
+    /// Record an installed model. A second record of the same path updates its
+    /// digest and size in place and keeps the name it was first given.
     pub fn record_model(
         &mut self,
         name: &str,
@@ -30,7 +31,7 @@ impl Store {
         self.write(|tx| {
             tx.query_row(
                 "INSERT INTO models (name, path, sha256, bytes, arch) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(path) DO UPDATE SET name = excluded.name, sha256 = excluded.sha256,
+                 ON CONFLICT(path) DO UPDATE SET sha256 = excluded.sha256,
                    bytes = excluded.bytes, arch = excluded.arch
                  RETURNING id",
                 params![name, path, sha256, bytes as i64, arch],
@@ -73,10 +74,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("w.db")).unwrap();
         let a = store.record_model("m", "/d/models/m.gguf", "aa", 10, Some("llama")).unwrap();
-        let b = store.record_model("m", "/d/models/m.gguf", "bb", 11, Some("llama")).unwrap();
+        let b = store.record_model("other", "/d/models/m.gguf", "bb", 11, Some("llama")).unwrap();
         assert_eq!(a, b);
         let rows = store.models().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].sha256.as_str(), rows[0].bytes), ("bb", 11));
+        assert_eq!((rows[0].name.as_str(), rows[0].sha256.as_str(), rows[0].bytes), ("m", "bb", 11));
     }
 }
