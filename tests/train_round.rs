@@ -106,7 +106,8 @@ fn start_until(dir: &Path, cfg: &Path, extra: &[&str], min_step: u64) -> std::pr
             return child;
         }
     }
-    panic!("the round ended before step {min_step}");
+    let status = child.wait().unwrap();
+    panic!("the round ended ({status}) before step {min_step}");
 }
 
 #[test]

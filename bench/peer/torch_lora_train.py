@@ -69,11 +69,13 @@ def main():
     first, warm = step()
     secs = []
     t0 = time.time()
+    c0 = time.process_time()
     last = first
     for _ in range(a.steps):
         last, s = step()
         secs.append(s)
     total = time.time() - t0
+    cpu = time.process_time() - c0
     print(json.dumps({
         "peer": "pytorch+transformers+peft",
         "torch": torch.__version__,
@@ -88,6 +90,8 @@ def main():
         "warmup_step_secs": warm,
         "step_secs": secs,
         "tokens_per_s": a.steps * a.seq / total,
+        "cpu_secs": cpu,
+        "tokens_per_cpu_s": a.steps * a.seq / cpu,
         "loss_first": first,
         "loss_last": last,
         "lora_params": sum(p.numel() for p in params),

@@ -26,6 +26,8 @@ const PROMPT_TEXT: &str = "Before servicing the hydraulic press, switch off the 
 struct InferBench {
     model: String,
     device: String,
+    /// CPU threads candle's matmuls use (RAYON_NUM_THREADS, else every core).
+    threads: usize,
     prompt_tokens: usize,
     decode_tokens: usize,
     reps: usize,
@@ -76,6 +78,7 @@ pub fn run(args: &BenchInferArgs) -> Result<()> {
     let report = InferBench {
         model: args.model.display().to_string(),
         device: args.device.clone(),
+        threads: candle_core::utils::get_num_threads(),
         prompt_tokens: args.prompt_tokens,
         decode_tokens: args.decode_tokens,
         reps: REPS,
@@ -90,13 +93,20 @@ pub fn run(args: &BenchInferArgs) -> Result<()> {
     if args.out.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("model        {} ({})", report.model, report.device);
-        println!("load         {:.2} s, weights {:.1} MiB", report.load_secs, report.weight_bytes as f64 / 1048576.0);
+        println!("model        {} ({}, {} threads)", report.model, report.device, report.threads);
+        println!(
+            "load         {:.2} s, weights {:.1} MiB",
+            report.load_secs,
+            report.weight_bytes as f64 / 1048576.0
+        );
         println!(
             "prefill      {:.1} tokens/s ({} tokens, mean of {REPS} after a warm-up)",
             report.prefill_tokens_per_sec, report.prompt_tokens
         );
-        println!("decode       {:.1} tokens/s ({} tokens)", report.decode_tokens_per_sec, report.decode_tokens);
+        println!(
+            "decode       {:.1} tokens/s ({} tokens)",
+            report.decode_tokens_per_sec, report.decode_tokens
+        );
         match report.peak_rss_mib {
             Some(m) => println!("peak RSS     {m:.1} MiB"),
             None => println!("peak RSS     unknown (no /proc/self/status)"),

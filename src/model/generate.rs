@@ -9,10 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
+use super::sampling::Sampler;
+pub use super::sampling::Sampling;
 use super::tokenizer::{Tok, TokError};
 use super::{Adapter, Base, KvCache, ModelError};
-pub use super::sampling::Sampling;
-use super::sampling::Sampler;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {

@@ -85,15 +85,20 @@ impl GgufMeta {
     /// An array of strings; `Ok(None)` when absent, an error when present with another type.
     pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        let bad = || InfoError::Key { path: self.path.clone(), key: key.to_string(), expected: "string array" };
+        let bad =
+            || InfoError::Key { path: self.path.clone(), key: key.to_string(), expected: "string array" };
         let arr = v.to_vec().map_err(|_| bad())?;
-        arr.iter().map(|x| x.to_string().map(String::as_str).map_err(|_| bad())).collect::<Result<_>>().map(Some)
+        arr.iter()
+            .map(|x| x.to_string().map(String::as_str).map_err(|_| bad()))
+            .collect::<Result<_>>()
+            .map(Some)
     }
 
     /// An array of integers; `Ok(None)` when absent.
     pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        let bad = || InfoError::Key { path: self.path.clone(), key: key.to_string(), expected: "integer array" };
+        let bad =
+            || InfoError::Key { path: self.path.clone(), key: key.to_string(), expected: "integer array" };
         let arr = v.to_vec().map_err(|_| bad())?;
         arr.iter().map(|x| value_int(x).ok_or_else(bad)).collect::<Result<_>>().map(Some)
     }
@@ -256,11 +261,7 @@ fn inspect_safetensors(dir: &Path, with_sha: bool) -> Result<ModelInfo> {
     Ok(ModelInfo {
         path: dir.to_path_buf(),
         format: "safetensors",
-        name: cfg
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
+        name: cfg.get("architectures").and_then(|a| a.get(0)).and_then(|v| v.as_str()).map(str::to_string),
         architecture: arch,
         layers: num("num_hidden_layers"),
         hidden_size: num("hidden_size"),
@@ -296,8 +297,10 @@ fn safetensors_header(path: &Path) -> Result<Vec<(String, u64)>> {
         serde_json::from_slice(&buf).map_err(|e| bad(format!("header is not JSON: {e}")))?;
     let mut out = Vec::new();
     for (name, t) in header.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
-        let dtype = t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("{name}: no dtype")))?;
-        let shape = t.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad(format!("{name}: no shape")))?;
+        let dtype =
+            t.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad(format!("{name}: no dtype")))?;
+        let shape =
+            t.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad(format!("{name}: no shape")))?;
         let elems = shape.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>();
         out.push((dtype.to_string(), elems));
     }
@@ -305,7 +308,8 @@ fn safetensors_header(path: &Path) -> Result<Vec<(String, u64)>> {
 }
 
 fn digest(path: &Path, with_sha: bool) -> Result<FileDigest> {
-    let bytes = std::fs::metadata(path).map_err(|source| InfoError::Io { path: path.to_path_buf(), source })?.len();
+    let bytes =
+        std::fs::metadata(path).map_err(|source| InfoError::Io { path: path.to_path_buf(), source })?.len();
     let sha256 = if with_sha { sha256_file(path)? } else { String::new() };
     Ok(FileDigest { path: path.to_path_buf(), bytes, sha256 })
 }

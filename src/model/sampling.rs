@@ -25,7 +25,14 @@ pub const REPEAT_WINDOW: usize = 64;
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { greedy: false, temperature: 0.7, top_p: 0.9, top_k: 40, repeat_penalty: 1.1, seed: 299_792_458 }
+        Self {
+            greedy: false,
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 40,
+            repeat_penalty: 1.1,
+            seed: 299_792_458,
+        }
     }
 }
 
@@ -127,8 +134,12 @@ impl Sampler {
         }
         let inv_t = (1.0 / self.cfg.temperature) as f32;
         // Candidates in a total order (logit desc, id asc) so ties never depend on the sort.
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v * inv_t)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, &v)| (i as u32, v * inv_t))
+            .collect();
         if cand.is_empty() {
             return argmax(logits);
         }
@@ -184,14 +195,16 @@ mod tests {
     #[test]
     fn top_k_one_matches_greedy_for_any_seed() {
         for seed in 0..50 {
-            let cfg = Sampling { top_k: 1, repeat_penalty: 1.0, temperature: 1.5, seed, ..Sampling::default() };
+            let cfg =
+                Sampling { top_k: 1, repeat_penalty: 1.0, temperature: 1.5, seed, ..Sampling::default() };
             assert_eq!(Sampler::new(&cfg).sample(&mut logits(), &[]), 5);
         }
     }
 
     #[test]
     fn same_seed_gives_same_tokens_and_seeds_differ() {
-        let cfg = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..Sampling::default() };
+        let cfg =
+            Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, ..Sampling::default() };
         let draw = |seed| {
             let mut s = Sampler::new(&Sampling { seed, ..cfg.clone() });
             (0..200).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
@@ -212,7 +225,8 @@ mod tests {
         // 3.1/1.5 < 3.0: a repeated token loses to the runner-up.
         assert_eq!(s.sample(&mut logits(), &[5]), 6);
         // A very low positive temperature concentrates on the argmax too.
-        let cfg = Sampling { temperature: 1e-3, repeat_penalty: 1.0, top_k: 0, top_p: 1.0, ..Sampling::default() };
+        let cfg =
+            Sampling { temperature: 1e-3, repeat_penalty: 1.0, top_k: 0, top_p: 1.0, ..Sampling::default() };
         let mut s = Sampler::new(&cfg);
         assert!((0..100).all(|_| s.sample(&mut logits(), &[]) == 5));
     }
@@ -229,7 +243,8 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // p(5)≈0.37, p(6)≈0.34: top_p 0.5 keeps exactly {5, 6}.
-        let cfg = Sampling { temperature: 1.0, top_k: 0, top_p: 0.5, repeat_penalty: 1.0, seed: 3, greedy: false };
+        let cfg =
+            Sampling { temperature: 1.0, top_k: 0, top_p: 0.5, repeat_penalty: 1.0, seed: 3, greedy: false };
         let mut s = Sampler::new(&cfg);
         let drawn: std::collections::BTreeSet<u32> = (0..300).map(|_| s.sample(&mut logits(), &[])).collect();
         assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![5, 6]);

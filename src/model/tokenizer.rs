@@ -166,7 +166,9 @@ impl Tok {
         let vocab = inner.get_vocab(true);
         let special: HashSet<u32> = match &types {
             Some(t) => t.iter().enumerate().filter(|(_, &ty)| ty == 3).map(|(i, _)| i as u32).collect(),
-            None => inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(i, _)| *i).collect(),
+            None => {
+                inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(i, _)| *i).collect()
+            }
         };
         let mut template = ChatTemplate::detect(sp.template.as_deref(), sp.arch.as_deref());
         if template == ChatTemplate::None && vocab.contains_key("<|im_start|>") {
@@ -268,14 +270,20 @@ impl Tok {
 
     /// A training sample: prompt, answer and end-of-turn token, with a mask
     /// true exactly on the answer's tokens and the end-of-turn token.
-    pub fn chat_sample(&self, system: Option<&str>, user: &str, answer: &str) -> Result<(Vec<u32>, Vec<bool>)> {
+    pub fn chat_sample(
+        &self,
+        system: Option<&str>,
+        user: &str,
+        answer: &str,
+    ) -> Result<(Vec<u32>, Vec<bool>)> {
         let mut ids = self.chat_prompt(system, user)?;
         let prompt_len = ids.len();
         ids.extend(self.encode(answer, false)?);
         let end = match self.template.end_of_turn() {
-            Some(t) => self
-                .token_id(t)
-                .ok_or_else(|| TokError::MissingToken { template: self.template.kind(), token: t.to_string() })?,
+            Some(t) => self.token_id(t).ok_or_else(|| TokError::MissingToken {
+                template: self.template.kind(),
+                token: t.to_string(),
+            })?,
             None => *self.stop.first().ok_or_else(|| TokError::MissingToken {
                 template: self.template.kind(),
                 token: "an end-of-sequence token".to_string(),
@@ -401,7 +409,9 @@ fn hf_specials(dir: &Path) -> Specials {
     let gen = read("generation_config.json").unwrap_or_default();
     let ids = |v: Option<&serde_json::Value>| -> Vec<u32> {
         match v {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+            }
             Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             None => Vec::new(),
         }
@@ -429,7 +439,8 @@ fn from_gguf(meta: &GgufMeta) -> Result<(Tokenizer, Vec<i64>)> {
     if model != "gpt2" {
         return Err(TokError::Unsupported { path, model: model.to_string() });
     }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| TokError::NotFound { path: path.clone() })?;
+    let tokens =
+        meta.strings("tokenizer.ggml.tokens")?.ok_or_else(|| TokError::NotFound { path: path.clone() })?;
     let merges = meta.strings("tokenizer.ggml.merges")?.unwrap_or_default();
     let types = meta.ints("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![1; tokens.len()]);
     if types.len() != tokens.len() {
@@ -447,9 +458,10 @@ fn from_gguf(meta: &GgufMeta) -> Result<(Tokenizer, Vec<i64>)> {
     let merges: Vec<(String, String)> = merges
         .iter()
         .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| TokError::Build { path: path.clone(), reason: format!("merge {m:?} has no space") })
+            m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| TokError::Build {
+                path: path.clone(),
+                reason: format!("merge {m:?} has no space"),
+            })
         })
         .collect::<Result<_>>()?;
     let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
@@ -470,7 +482,9 @@ fn from_gguf(meta: &GgufMeta) -> Result<(Tokenizer, Vec<i64>)> {
             tok.with_normalizer(Some(NFC)).map_err(tk)?;
             Sequence::new(vec![split(QWEN2_SPLIT)?, byte_level.into()]).into()
         }
-        "llama-bpe" | "llama3" | "llama-v3" => Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level.into()]).into(),
+        "llama-bpe" | "llama3" | "llama-v3" => {
+            Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level.into()]).into()
+        }
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.use_regex(true).into()]).into(),
         "gpt-2" | "gpt2" | "default" => byte_level.use_regex(true).into(),
         other => {
@@ -517,7 +531,10 @@ fn byte_pieces(tok: &Tokenizer) -> Vec<Vec<u8>> {
     (0..n as u32)
         .map(|id| {
             let Some(t) = tok.id_to_token(id) else { return Vec::new() };
-            t.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>().unwrap_or_else(|| t.into_bytes())
+            t.chars()
+                .map(|c| table.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                .unwrap_or_else(|| t.into_bytes())
         })
         .collect()
 }

@@ -156,7 +156,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let mut docs: Vec<DocSource> = Vec::new();
         for (id, sha256, name, text) in rows {
-            if !doc_ids.as_ref().is_none_or(|v| v.binary_search(&id).is_ok()) {
+            if doc_ids.as_ref().is_some_and(|v| v.binary_search(&id).is_err()) {
                 continue;
             }
             match docs.last_mut() {
@@ -414,7 +414,7 @@ mod tests {
                  INSERT INTO reviews (id, answer_id, verdict, correction) VALUES
                    (1, 1, 'corrected', 'fixed'), (2, 2, 'approved', NULL), (3, 3, 'rejected', NULL);",
             )
-            .map_err(|e| s_err(e))
+            .map_err(s_err)
         })
         .unwrap();
         (dir, s)
