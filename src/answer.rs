@@ -97,14 +97,8 @@ impl Answerer<'_> {
         let started = Instant::now();
         let hits = store.search_chunks(&search_form(question), SOURCES)?;
         let prompt = self.tok.chat_prompt(Some(&system_prompt(&hits)), question)?;
-        let sampling = Sampling {
-            greedy: true,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            repeat_penalty: 1.0,
-            seed: 0,
-        };
+        let sampling =
+            Sampling { greedy: true, temperature: 0.0, top_p: 1.0, top_k: 0, repeat_penalty: 1.0, seed: 0 };
         let generation = generate(
             self.base,
             self.adapter.map(|(_, a)| a),
@@ -121,8 +115,15 @@ impl Answerer<'_> {
         let sources: Vec<Source> = hits.iter().map(source_of).collect();
         let text = generation.text.trim().to_string();
         let adapter_id = self.adapter.map(|(id, _)| id);
-        let (question_id, answer_id) =
-            store.record_answer(question, origin.as_str(), adapter_id, &text, &sources, generation.tokens.len(), latency_ms)?;
+        let (question_id, answer_id) = store.record_answer(
+            question,
+            origin.as_str(),
+            adapter_id,
+            &text,
+            &sources,
+            generation.tokens.len(),
+            latency_ms,
+        )?;
         Ok(Answer {
             question_id,
             answer_id,
@@ -185,8 +186,11 @@ impl Store {
         let err = self.sql_err();
         let sources = serde_json::to_string(sources).unwrap_or_else(|_| "[]".into());
         self.write(|tx| {
-            tx.execute("INSERT INTO questions (text, origin) VALUES (?1, ?2)", rusqlite::params![question, origin])
-                .map_err(&err)?;
+            tx.execute(
+                "INSERT INTO questions (text, origin) VALUES (?1, ?2)",
+                rusqlite::params![question, origin],
+            )
+            .map_err(&err)?;
             let qid = tx.last_insert_rowid();
             tx.execute(
                 "INSERT INTO answers (question_id, adapter_id, text, sources, tokens, latency_ms)

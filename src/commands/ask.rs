@@ -13,9 +13,10 @@ use crate::model::{Base, LoadOptions, QuantKind};
 use crate::train::device;
 
 pub fn run(ctx: &Ctx, args: &AskArgs) -> Result<()> {
-    let model_path = ctx.config.model_path().context(
-        "no base model configured: set [model] path (a .gguf file or a safetensors directory)",
-    )?;
+    let model_path = ctx
+        .config
+        .model_path()
+        .context("no base model configured: set [model] path (a .gguf file or a safetensors directory)")?;
     let _lock = ctx.data.lock()?;
     let mut store = ctx.open_store()?;
     device::tame_cpu_threads();
@@ -29,8 +30,12 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> Result<()> {
         Some(row) => Some((row.id, crate::adapters::load_adapter(&ctx.data.root().join(&row.path), &base)?)),
         None => None,
     };
-    let answerer =
-        Answerer { base: &base, tok: &tok, adapter: adapter.as_ref().map(|(id, a)| (*id, a)), max_tokens: args.max_tokens };
+    let answerer = Answerer {
+        base: &base,
+        tok: &tok,
+        adapter: adapter.as_ref().map(|(id, a)| (*id, a)),
+        max_tokens: args.max_tokens,
+    };
     let json = args.out.json;
     let mut stdout = std::io::stdout();
     let answer = answerer.ask(&mut store, &args.question, Origin::Cli, &mut |piece| {

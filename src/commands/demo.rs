@@ -14,16 +14,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::Ctx;
+use crate::adapters::GateOutcome;
 use crate::answer::{Answerer, Origin};
 use crate::cli::{DemoArgs, IngestArgs, JsonFlag};
 use crate::demo_assets;
+use crate::eval::inputs::EvalInputs;
+use crate::eval::suite::SuiteOptions;
 use crate::model::fetch;
 use crate::model::tokenizer::Tok;
 use crate::model::{Adapter, Base, LoadOptions, QuantKind};
+use crate::store::Level;
 use crate::train::round::{self, RoundInputs, RoundOutcome};
 use crate::train::stop::StopWhen;
 use crate::train::{device, install_stop_signals};
-use crate::store::Level;
 
 /// The demo's model: small enough to train on two CPU cores in minutes.
 const DEMO_MODEL: &str = "smollm2-135m";
@@ -103,8 +106,8 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
 
     // 4–5. Score the bare base and the candidate on the eval set; gate.
     say("[4/6] scoring the bare base model and the new adapter on the eval questions");
-    let outcome = crate::adapters::gate_candidate(&mut store, &ctx.data, &ctx.config, &base, &tok, candidate)
-        .context("evaluating and gating the new adapter")?;
+    let outcome =
+        gate(&ctx, &mut store, &base, &tok, candidate).context("evaluating and gating the new adapter")?;
     let before = outcome.incumbent.score;
     let after = outcome.candidate.metrics.score;
     say(&format!(
@@ -125,7 +128,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
         adapter: adapter.as_ref().map(|(id, a)| (*id, a)),
         max_tokens: 48,
     };
-    say("[6/6] asking the promoted adapter");
+    say("[6/6] asking the active model a few questions (recorded with their sources)");
     let mut answers = Vec::new();
     for q in DEMO_QUESTIONS {
         let a = answerer.ask(&mut store, q, Origin::Demo, &mut |_| {})?;
@@ -169,6 +172,36 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
     Ok(())
 }
 
+/// The gate on the eval set, with a suite trimmed for two CPU cores: shorter
+/// greedy answers and no perturbed copies (`warsha eval` runs those).
+fn gate(
+    ctx: &Ctx,
+    store: &mut crate::store::Store,
+    base: &Base,
+    tok: &Tok,
+    candidate: i64,
+) -> Result<GateOutcome> {
+    let row = store.adapter(candidate)?.context("the new adapter is not in the registry")?;
+    let inputs = EvalInputs::gather(store, &ctx.config, row.data_snapshot.as_ref())?;
+    let opts = SuiteOptions {
+        max_new_tokens: 24,
+        robustness: false,
+        max_heldout_tokens: 1024,
+        ..Default::default()
+    };
+    Ok(crate::adapters::evaluate_and_gate(
+        store,
+        &ctx.data,
+        &ctx.config.eval,
+        ctx.config.retention.keep_adapters,
+        base,
+        tok,
+        candidate,
+        &inputs.borrow(),
+        &opts,
+    )?)
+}
+
 /// One training round with a progress bar on the terminal.
 fn train_round(
     ctx: &Ctx,
@@ -184,7 +217,9 @@ fn train_round(
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template("      {elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("      {elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar

@@ -142,7 +142,8 @@ fn token_logprobs(
             loss_mask: Tensor::from_vec(mask, (b, t), dev)?,
             segment_ids: None,
         };
-        let lp: Vec<f32> = base.target_logprobs(&batch, adapter)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let lp: Vec<f32> =
+            base.target_logprobs(&batch, adapter)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         for (row, &i) in group.iter().enumerate() {
             let n = seqs[i].ids.len() - 1;
             out[i] = lp[row * t..row * t + n].to_vec();
@@ -183,7 +184,11 @@ fn tok_err(what: &str) -> impl Fn(TokError) -> EvalError + '_ {
 
 /// Held-out windows with every target scored, and per window the mask of
 /// its fact tokens.
-fn heldout_seqs(tok: &Tok, texts: &[String], opts: &SuiteOptions) -> Result<(Vec<Seq>, Vec<Vec<bool>>), EvalError> {
+fn heldout_seqs(
+    tok: &Tok,
+    texts: &[String],
+    opts: &SuiteOptions,
+) -> Result<(Vec<Seq>, Vec<Vec<bool>>), EvalError> {
     let (mut plain, mut facts) = (Vec::new(), Vec::new());
     let mut budget = opts.max_heldout_tokens;
     for text in texts {
@@ -338,7 +343,12 @@ pub fn run_suite(
         m.fact_loss = fl.mean();
         m.fact_tokens = fl.tokens;
     }
-    tracing::info!(windows = plain.len(), tokens = m.heldout_tokens, secs = phase.elapsed().as_secs_f64(), "eval: held-out text scored");
+    tracing::info!(
+        windows = plain.len(),
+        tokens = m.heldout_tokens,
+        secs = phase.elapsed().as_secs_f64(),
+        "eval: held-out text scored"
+    );
 
     // Questions: eval set and reviews, answer loss and choices.
     let mut items: Vec<(EvalItem, String)> =
@@ -358,7 +368,11 @@ pub fn run_suite(
     }
     let phase = Instant::now();
     let scored = score_items(base, tok, adapter, &items, opts)?;
-    tracing::info!(items = items.len(), secs = phase.elapsed().as_secs_f64(), "eval: answers and options scored");
+    tracing::info!(
+        items = items.len(),
+        secs = phase.elapsed().as_secs_f64(),
+        "eval: answers and options scored"
+    );
     let al = mean_loss(scored.iter().map(|s| s.answer));
     m.answer_loss = al.mean();
     m.answer_tokens = al.tokens;
@@ -388,8 +402,9 @@ pub fn run_suite(
             continue;
         }
         let prompt = tok.chat_prompt(opts.system.as_deref(), q).map_err(tok_err(&item.id))?;
-        let g = generate(base, adapter, tok, &prompt, &Sampling::greedy(), opts.max_new_tokens, &mut |_| true)
-            .map_err(|source| EvalError::Gen { id: item.id.clone(), source })?;
+        let g =
+            generate(base, adapter, tok, &prompt, &Sampling::greedy(), opts.max_new_tokens, &mut |_| true)
+                .map_err(|source| EvalError::Gen { id: item.id.clone(), source })?;
         generated += g.tokens.len();
         let (p, r) = (search_form(g.text.trim()), search_form(&item.answer));
         let (e, f, c) = (exact_match(&p, &r), token_f1(&p, &r), chrf(&p, &r));
@@ -411,12 +426,21 @@ pub fn run_suite(
     m.qa_f1 = avg(&f1);
     m.qa_chrf = avg(&cf);
     m.qa_items = f1.len();
-    tracing::info!(answers = m.qa_items, tokens = generated, secs = phase.elapsed().as_secs_f64(), "eval: greedy answers scored");
+    tracing::info!(
+        answers = m.qa_items,
+        tokens = generated,
+        secs = phase.elapsed().as_secs_f64(),
+        "eval: greedy answers scored"
+    );
 
     if opts.robustness {
         let phase = Instant::now();
         robustness(base, tok, adapter, &items, &scored, opts, &mut m)?;
-        tracing::info!(items = m.perturbed_items, secs = phase.elapsed().as_secs_f64(), "eval: perturbed questions scored");
+        tracing::info!(
+            items = m.perturbed_items,
+            secs = phase.elapsed().as_secs_f64(),
+            "eval: perturbed questions scored"
+        );
     }
     m.score = headline_score(m.choice_accuracy, m.qa_f1, m.answer_likelihood);
     m.seconds = started.elapsed().as_secs_f64();

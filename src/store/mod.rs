@@ -14,8 +14,8 @@
 pub mod adapters;
 pub mod evals;
 mod events;
-mod models;
 pub mod ingest;
+mod models;
 mod status;
 mod train;
 
