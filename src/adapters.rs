@@ -29,8 +29,8 @@ use std::path::PathBuf;
 
 use crate::store::StoreError;
 
-pub use registry::{export, import_peft, promote, rollback, ExportFormat, Switch};
 pub use gating::{evaluate_and_gate, gate_candidate, GateError, GateOutcome};
+pub use registry::{export, import_peft, promote, rollback, ExportFormat, Switch};
 pub use runtime::{base_sha256, load_adapter};
 pub use weights::{BaseShapes, LoraPair, LoraWeights, Module, MODULES};
 

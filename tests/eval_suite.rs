@@ -58,8 +58,12 @@ fn suite_measures_point_the_right_way_on_known_answers() {
     eprintln!("{}", serde_json::to_string_pretty(&rep).unwrap());
 
     // English options any instruct model ranks right by likelihood.
-    let picks: BTreeMap<&str, bool> =
-        rep.items.iter().filter(|i| i.task == "choice").map(|i| (i.id.as_str(), i.correct == Some(true))).collect();
+    let picks: BTreeMap<&str, bool> = rep
+        .items
+        .iter()
+        .filter(|i| i.task == "choice")
+        .map(|i| (i.id.as_str(), i.correct == Some(true)))
+        .collect();
     assert!(picks["c1"] && picks["c2"], "{picks:?}");
     assert_eq!(m.choice_items, 3);
     let q1 = rep.items.iter().find(|i| i.id == "q1").unwrap();
@@ -71,7 +75,12 @@ fn suite_measures_point_the_right_way_on_known_answers() {
     for l in [m.heldout_loss, m.fact_loss, m.answer_loss] {
         assert!(l.is_some_and(|x| x.is_finite() && x > 0.0), "{m:?}");
     }
-    assert!(m.fact_tokens > 0 && m.fact_tokens < m.heldout_tokens, "{} of {}", m.fact_tokens, m.heldout_tokens);
+    assert!(
+        m.fact_tokens > 0 && m.fact_tokens < m.heldout_tokens,
+        "{} of {}",
+        m.fact_tokens,
+        m.heldout_tokens
+    );
     assert!((m.heldout_ppl.unwrap() - m.heldout_loss.unwrap().exp()).abs() < 1e-9);
     assert!((0.0..=1.0).contains(&m.score));
     // The Arabic questions were perturbed and scored again.
@@ -148,7 +157,8 @@ fn gate_rejects_a_noise_adapter_records_why_and_reuses_the_incumbent_evaluation(
     assert!(row.metrics.unwrap()["candidate"]["score"].is_number());
     assert!(store.active_adapter().unwrap().is_none());
 
-    let second = evaluate_and_gate(&mut store, &data, &cfg.eval, 5, &base, &tok, ids[1], &inputs, &o).unwrap();
+    let second =
+        evaluate_and_gate(&mut store, &data, &cfg.eval, 5, &base, &tok, ids[1], &inputs, &o).unwrap();
     assert!(second.incumbent_reused, "the base's evaluation on identical inputs is reused");
     assert_eq!(second.incumbent, first.incumbent);
     // Both candidates and the base were scored once each.

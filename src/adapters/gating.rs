@@ -16,8 +16,8 @@ use super::runtime::{base_sha256, load_adapter};
 use super::AdapterError;
 use crate::config::Config;
 use crate::data_dir::DataDir;
-use crate::eval::inputs::{EvalInputs, InputsError};
 use crate::eval::gate::{decide, Decision, EvalConfig};
+use crate::eval::inputs::{EvalInputs, InputsError};
 use crate::eval::suite::{inputs_sha256, run_suite, EvalError, SuiteInputs, SuiteOptions};
 use crate::eval::{Metrics, Report};
 use crate::model::tokenizer::Tok;
@@ -141,10 +141,25 @@ pub fn gate_candidate(
     let row = store.adapter(candidate_id)?.ok_or(AdapterError::NotFound(candidate_id))?;
     let inputs = EvalInputs::gather(store, cfg, row.data_snapshot.as_ref())?;
     let opts = SuiteOptions::default();
-    evaluate_and_gate(store, data, &cfg.eval, cfg.retention.keep_adapters, base, tok, candidate_id, &inputs.borrow(), &opts)
+    evaluate_and_gate(
+        store,
+        data,
+        &cfg.eval,
+        cfg.retention.keep_adapters,
+        base,
+        tok,
+        candidate_id,
+        &inputs.borrow(),
+        &opts,
+    )
 }
 
-fn record(store: &mut Store, adapter_id: Option<i64>, base_sha: Option<&str>, rep: &Report) -> Result<i64, GateError> {
+fn record(
+    store: &mut Store,
+    adapter_id: Option<i64>,
+    base_sha: Option<&str>,
+    rep: &Report,
+) -> Result<i64, GateError> {
     let metrics = serde_json::to_value(&rep.metrics).unwrap_or_default();
     Ok(store.insert_eval(adapter_id, base_sha, &rep.eval_set_sha256, &metrics)?)
 }

@@ -41,7 +41,8 @@ impl EvalInputs {
         cfg: &Config,
         snapshot: Option<&serde_json::Value>,
     ) -> Result<Self, InputsError> {
-        let dir = eval_set_dir(&cfg.paths.data_dir).ok_or_else(|| InputsError::NoEvalSet(cfg.paths.data_dir.join("eval")))?;
+        let dir = eval_set_dir(&cfg.paths.data_dir)
+            .ok_or_else(|| InputsError::NoEvalSet(cfg.paths.data_dir.join("eval")))?;
         let eval_set = EvalSet::load(&dir)?;
         Ok(Self { eval_set, heldout: heldout_texts(store, cfg, snapshot)?, reviews: reviews(store)? })
     }
