@@ -12,12 +12,13 @@
 //!   The correct option's sum also counts toward the answer loss, so the
 //!   options are scored once;
 //! - qa questions and reviews: a greedy answer (chat template, at most
-//!   `max_new_tokens`) against the reference: exact match, token F1 and chrF
-//!   on the search form of both;
-//! - robustness: Arabic and mixed questions rewritten by one
-//!   `text::perturb` perturbation each (cycling through all of them, seeded),
-//!   scored again by answer likelihood and choice accuracy; the drop is
-//!   clean minus perturbed on the same questions.
+//!   `max_new_tokens`, cut at the first line break) against the reference:
+//!   exact match, token F1 and chrF on the search form of both;
+//! - robustness: up to `max_perturbed` Arabic and mixed questions (spread
+//!   evenly over the set) rewritten by one `text::perturb` perturbation each
+//!   (cycling through all of them, seeded), scored again by answer
+//!   likelihood and choice accuracy; the drop is clean minus perturbed on
+//!   the same questions.
 //!
 //! Everything teacher-forced runs through `Base::target_logprobs` in
 //! length-sorted, right-padded batches of at most `batch_tokens` positions.
@@ -79,8 +80,8 @@ pub struct SuiteOptions {
     pub max_new_tokens: usize,
     /// Positions (batch × length) per teacher-forced pass.
     pub batch_tokens: usize,
-    /// Score the perturbed questions too.
-    pub robustness: bool,
+    /// Score perturbed copies of at most this many Arabic/mixed questions (0: none).
+    pub max_perturbed: usize,
     pub seed: u64,
     /// System prompt for every question (None: the template's default).
     pub system: Option<String>,
@@ -89,11 +90,11 @@ pub struct SuiteOptions {
 impl Default for SuiteOptions {
     fn default() -> Self {
         Self {
-            max_heldout_tokens: 2048,
+            max_heldout_tokens: 1024,
             window: 256,
             max_new_tokens: 48,
             batch_tokens: 2048,
-            robustness: true,
+            max_perturbed: 8,
             seed: 7,
             system: None,
         }
@@ -176,6 +177,25 @@ fn score(
 ) -> Result<Vec<(f64, usize)>, EvalError> {
     let lps = token_logprobs(base, adapter, seqs, batch_tokens)?;
     Ok(lps.iter().zip(seqs).map(|(lp, s)| masked_sum(lp, &s.scored)).collect())
+}
+
+/// The text up to its first line break, or up to a sentence-final mark
+/// (`.`, `!`, `?`, `؟`) followed by whitespace; None while neither has come.
+fn first_sentence(s: &str) -> Option<&str> {
+    let s = s.trim_start();
+    let mut prev: Option<(usize, char)> = None;
+    for (i, c) in s.char_indices() {
+        if c == '\n' {
+            return Some(&s[..i]);
+        }
+        if let Some((j, p)) = prev {
+            if c.is_whitespace() && matches!(p, '.' | '!' | '?' | '؟') {
+                return Some(&s[..j + p.len_utf8()]);
+            }
+        }
+        prev = Some((i, c));
+    }
+    None
 }
 
 fn tok_err(what: &str) -> impl Fn(TokError) -> EvalError + '_ {
@@ -402,11 +422,20 @@ pub fn run_suite(
             continue;
         }
         let prompt = tok.chat_prompt(opts.system.as_deref(), q).map_err(tok_err(&item.id))?;
+        // References are one short sentence: stop at the first line break or
+        // sentence end after some text.
+        let mut so_far = String::new();
+        let mut on_token = |piece: &str| {
+            so_far.push_str(piece);
+            first_sentence(&so_far).is_none()
+        };
         let g =
-            generate(base, adapter, tok, &prompt, &Sampling::greedy(), opts.max_new_tokens, &mut |_| true)
+            generate(base, adapter, tok, &prompt, &Sampling::greedy(), opts.max_new_tokens, &mut on_token)
                 .map_err(|source| EvalError::Gen { id: item.id.clone(), source })?;
         generated += g.tokens.len();
-        let (p, r) = (search_form(g.text.trim()), search_form(&item.answer));
+        let text = g.text.trim_start();
+        let answer = first_sentence(text).unwrap_or(text).trim().to_string();
+        let (p, r) = (search_form(&answer), search_form(&item.answer));
         let (e, f, c) = (exact_match(&p, &r), token_f1(&p, &r), chrf(&p, &r));
         em.push(e);
         f1.push(f);
@@ -415,7 +444,7 @@ pub fn run_suite(
             id: item.id.clone(),
             task: "qa".into(),
             answer_loss,
-            prediction: g.text.trim().to_string(),
+            prediction: answer,
             correct: Some(e == 1.0),
             f1: Some(f),
             chrf: Some(c),
@@ -433,7 +462,7 @@ pub fn run_suite(
         "eval: greedy answers scored"
     );
 
-    if opts.robustness {
+    if opts.max_perturbed > 0 {
         let phase = Instant::now();
         robustness(base, tok, adapter, &items, &scored, opts, &mut m)?;
         tracing::info!(
@@ -461,13 +490,18 @@ fn robustness(
     if kinds.is_empty() {
         return Ok(());
     }
+    let eligible: Vec<usize> = (0..items.len())
+        .filter(|&n| items[n].0.lang != "en" && !items[n].0.id.starts_with("review-"))
+        .collect();
+    // An even spread over the eligible questions, so a capped run still
+    // covers both tasks and every part of the set.
+    let take = eligible.len().min(opts.max_perturbed);
+    let chosen: Vec<usize> = (0..take).map(|k| eligible[k * eligible.len() / take.max(1)]).collect();
     let mut pert = Vec::new();
     let mut clean_sub = Vec::new();
-    for (n, ((item, q), s)) in items.iter().zip(clean).enumerate() {
-        if item.lang == "en" || item.id.starts_with("review-") {
-            continue;
-        }
-        let p = kinds[n % kinds.len()];
+    for (k, &n) in chosen.iter().enumerate() {
+        let ((item, q), s) = (&items[n], &clean[n]);
+        let p = kinds[k % kinds.len()];
         let changed = perturb::perturb(q, p, opts.seed.wrapping_add(n as u64));
         if changed == *q {
             continue;
@@ -488,4 +522,17 @@ fn robustness(
     let drop = |c: Option<f64>, p: Option<f64>| c.zip(p).map(|(c, p)| c - p);
     m.robustness_drop = mean_present(&[drop(clean_lik, pert_lik), drop(clean_acc, pert_acc)]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_sentence;
+
+    #[test]
+    fn first_sentence_stops_at_sentence_ends_not_decimal_points() {
+        assert_eq!(first_sentence("  The torque is 3.5 Nm. Then"), Some("The torque is 3.5 Nm."));
+        assert_eq!(first_sentence("E-63\nmore"), Some("E-63"));
+        assert_eq!(first_sentence("كل 1000 ساعة؟ نعم"), Some("كل 1000 ساعة؟"));
+        assert_eq!(first_sentence("still going 3.5"), None);
+    }
 }
