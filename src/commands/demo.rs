@@ -185,7 +185,7 @@ fn gate(
     let inputs = EvalInputs::gather(store, &ctx.config, row.data_snapshot.as_ref())?;
     let opts = SuiteOptions {
         max_new_tokens: 24,
-        robustness: false,
+        max_perturbed: 0,
         max_heldout_tokens: 1024,
         ..Default::default()
     };

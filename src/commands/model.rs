@@ -12,7 +12,7 @@ use crate::model::fetch::{self, Installed};
 use crate::model::generate::{generate, Sampling};
 use crate::model::info::{inspect, ModelInfo};
 use crate::model::tokenizer::Tok;
-use crate::model::{Adapter, Base, LoadOptions, LoraConfig, Target};
+use crate::model::{Base, LoadOptions};
 use crate::store::Level;
 
 pub fn run(ctx: &Ctx, cmd: ModelCommand) -> Result<()> {
@@ -142,7 +142,7 @@ fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     let base = Base::load(&args.path, &LoadOptions::default())
         .with_context(|| format!("loading {}", args.path.display()))?;
     let tok = Tok::for_model(&args.path)?;
-    let adapter = args.adapter.as_deref().map(|d| load_peft_adapter(d, &base)).transpose()?;
+    let adapter = args.adapter.as_deref().map(|d| crate::adapters::load_adapter(d, &base)).transpose()?;
     let prompt = if args.raw {
         tok.encode(&args.prompt, tok.add_bos())?
     } else {
@@ -186,34 +186,3 @@ fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A PEFT adapter directory: adapter_config.json (r, lora_alpha, lora_dropout,
-/// target_modules) and adapter_model.safetensors, checked against the base.
-fn load_peft_adapter(dir: &Path, base: &Base) -> Result<Adapter> {
-    let cfg_path = dir.join("adapter_config.json");
-    let text =
-        std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    let cfg: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let rank =
-        cfg.get("r").and_then(|v| v.as_u64()).with_context(|| format!("{}: no `r`", cfg_path.display()))?;
-    let targets = cfg
-        .get("target_modules")
-        .and_then(|v| v.as_array())
-        .with_context(|| format!("{}: no `target_modules` list", cfg_path.display()))?
-        .iter()
-        .map(|t| {
-            let name = t.as_str().unwrap_or_default();
-            let short = name.rsplit('.').next().unwrap_or(name).trim_end_matches("_proj");
-            short.parse::<Target>().with_context(|| format!("{}: target {name:?}", cfg_path.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let lora = LoraConfig {
-        rank: rank as usize,
-        alpha: cfg.get("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(rank as f64),
-        dropout: cfg.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
-        targets,
-    };
-    let weights = dir.join("adapter_model.safetensors");
-    Ok(Adapter::load_safetensors(&weights, &base.config, &lora, base.device())
-        .with_context(|| format!("loading adapter {}", dir.display()))?)
-}
