@@ -53,7 +53,7 @@ pub enum AdapterError {
     #[error("{path}: GGUF: {reason}")]
     Gguf { path: PathBuf, reason: String },
     #[error("loading adapter {path}: {source}")]
-    Load { path: PathBuf, source: crate::model::ModelError },
+    Load { path: PathBuf, source: Box<crate::model::ModelError> },
     #[error("no adapter with id {0}")]
     NotFound(i64),
     #[error("adapter {id} is {state}: {why}")]

@@ -25,16 +25,39 @@ use crate::model::Base;
 use crate::store::Store;
 
 /// Everything `evaluate_and_gate` decided and measured.
+/// What can stop a gating pass (boxed: the model's errors are large).
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
     #[error(transparent)]
-    Adapter(#[from] AdapterError),
+    Adapter(Box<AdapterError>),
     #[error(transparent)]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     #[error(transparent)]
-    Inputs(#[from] InputsError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Inputs(Box<InputsError>),
+}
+
+impl From<AdapterError> for GateError {
+    fn from(e: AdapterError) -> Self {
+        GateError::Adapter(Box::new(e))
+    }
+}
+
+impl From<EvalError> for GateError {
+    fn from(e: EvalError) -> Self {
+        GateError::Eval(Box::new(e))
+    }
+}
+
+impl From<InputsError> for GateError {
+    fn from(e: InputsError) -> Self {
+        GateError::Inputs(Box::new(e))
+    }
+}
+
+impl From<crate::store::StoreError> for GateError {
+    fn from(e: crate::store::StoreError) -> Self {
+        GateError::Adapter(Box::new(AdapterError::Store(e)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

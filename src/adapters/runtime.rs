@@ -25,7 +25,7 @@ impl From<&ModelConfig> for BaseShapes {
 pub fn load_adapter(dir: &Path, base: &Base) -> Result<Adapter, AdapterError> {
     let w = peft::read_dir(dir)?;
     w.check_against(&BaseShapes::from(&base.config))?;
-    let load = |source| AdapterError::Load { path: dir.to_path_buf(), source };
+    let load = |source| AdapterError::Load { path: dir.to_path_buf(), source: Box::new(source) };
     let targets =
         w.modules().iter().map(|m| m.short.parse::<Target>()).collect::<Result<Vec<_>, _>>().map_err(load)?;
     let lora = LoraConfig { rank: w.rank, alpha: w.alpha, dropout: w.dropout, targets };
