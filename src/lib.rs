@@ -9,4 +9,5 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data_dir;
+pub mod model;
 pub mod store;

@@ -1,0 +1,428 @@
+//! The decoder shared by qwen2 and llama: RMSNorm, GQA attention with RoPE,
+//! SwiGLU MLP, tied or separate lm_head, every projection a [`FrozenLinear`]
+//! that an [`Adapter`] may wrap. Two forward paths: inference (fused kernels,
+//! KV cache, last-position logits) and training (only ops with a backward;
+//! packed segments; see `loss.rs`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::lora::{Adapter, Target};
+use super::qlinear::{FrozenLinear, FrozenWeight};
+
+/// The compute settings a model is loaded with.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Activation dtype: F32 on CPU; BF16 or F16 on CUDA.
+    pub dtype: DType,
+    /// 4-bit format for weights that arrive unquantized (safetensors, random).
+    pub quant: QuantKind,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, quant: QuantKind::Nf4 }
+    }
+}
+
+/// The 4-bit format for base weights quantized at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    /// NF4 with double-quantized scales (QLoRA).
+    Nf4,
+    /// GGUF Q4_K (falls back to Q4_1 where a row is not a multiple of 256 wide).
+    Q4K,
+}
+
+impl std::str::FromStr for QuantKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "nf4" => Ok(QuantKind::Nf4),
+            "q4k" | "q4_k" => Ok(QuantKind::Q4K),
+            _ => Err(ModelError::Quant(s.to_string())),
+        }
+    }
+}
+
+/// One decoder block's frozen weights.
+pub struct Layer {
+    pub attn_norm: Tensor,
+    pub mlp_norm: Tensor,
+    /// Indexed by [`Target::index`]: q, k, v, o, gate, up, down.
+    pub proj: [FrozenLinear; 7],
+}
+
+impl Layer {
+    pub fn proj(&self, t: Target) -> &FrozenLinear {
+        &self.proj[t.index()]
+    }
+}
+
+/// Per-layer key/value history for incremental decoding.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pos: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], pos: 0 }
+    }
+
+    /// Number of positions already fed.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.pos = 0;
+    }
+}
+
+/// A frozen, quantized base model.
+pub struct Base {
+    pub config: ModelConfig,
+    pub(crate) layers: Vec<Layer>,
+    /// Token embedding table (vocab, hidden); also the lm_head when tied.
+    pub(crate) embed: Arc<FrozenWeight>,
+    pub(crate) lm_head: FrozenLinear,
+    pub(crate) final_norm: Tensor,
+    /// (max_position, head_dim/2) in the compute dtype.
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+    pub(crate) files: Vec<(PathBuf, String)>,
+}
+
+impl Base {
+    /// Assembles a model from its parts; RoPE tables are built here.
+    pub(crate) fn assemble(
+        config: ModelConfig,
+        layers: Vec<Layer>,
+        embed: Arc<FrozenWeight>,
+        lm_head: Option<FrozenLinear>,
+        final_norm: Tensor,
+        opts: &super::decoder::LoadOptions,
+        files: Vec<(PathBuf, String)>,
+    ) -> Result<Self> {
+        let inv = config.inv_freq();
+        let half = inv.len();
+        let maxp = config.max_position;
+        let mut c = Vec::with_capacity(maxp * half);
+        let mut s = Vec::with_capacity(maxp * half);
+        for p in 0..maxp {
+            for f in &inv {
+                let a = p as f64 * f;
+                c.push(a.cos() as f32);
+                s.push(a.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(c, (maxp, half), &opts.device)?.to_dtype(opts.dtype)?;
+        let sin = Tensor::from_vec(s, (maxp, half), &opts.device)?.to_dtype(opts.dtype)?;
+        let lm_head = lm_head.unwrap_or_else(|| FrozenLinear::from_arc(embed.clone(), None));
+        Ok(Self {
+            config,
+            layers,
+            embed,
+            lm_head,
+            final_norm,
+            cos,
+            sin,
+            dtype: opts.dtype,
+            device: opts.device.clone(),
+            files,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every file the model was read from, with its sha256.
+    pub fn files(&self) -> &[(PathBuf, String)] {
+        &self.files
+    }
+
+    /// Resident bytes of the frozen base (weights, norms, biases, RoPE tables).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                t(&l.attn_norm) + t(&l.mlp_norm) + l.proj.iter().map(|p| p.storage_bytes()).sum::<usize>()
+            })
+            .sum();
+        let head =
+            if Arc::ptr_eq(self.lm_head.weight(), &self.embed) { 0 } else { self.lm_head.storage_bytes() };
+        layers + self.embed.storage_bytes() + head + t(&self.final_norm) + t(&self.cos) + t(&self.sin)
+    }
+
+    pub fn layer(&self, i: usize) -> &Layer {
+        &self.layers[i]
+    }
+
+    pub fn lm_head(&self) -> &FrozenLinear {
+        &self.lm_head
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings (…) u32 → (…, hidden) in the compute dtype.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let e = match self.embed.as_ref() {
+            FrozenWeight::Ggml(q) => q.embedding(ids)?,
+            FrozenWeight::Dense(w) => {
+                let mut dims = ids.dims().to_vec();
+                dims.push(w.dim(1)?);
+                w.index_select(&ids.flatten_all()?, 0)?.reshape(dims)?
+            }
+            FrozenWeight::Nf4(_) => {
+                return Err(ModelError::Input("NF4 token embeddings are not supported".into()));
+            }
+        };
+        Ok(e.to_dtype(self.dtype)?)
+    }
+
+    /// A projection with the adapter's delta added when present.
+    pub(crate) fn proj(
+        &self,
+        li: usize,
+        t: Target,
+        x: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout_step: Option<u64>,
+    ) -> Result<Tensor> {
+        let y = self.layers[li].proj(t).forward(x)?;
+        match adapter.map(|a| a.delta(li, t, x, dropout_step)).transpose()?.flatten() {
+            Some(d) => Ok((y + d)?),
+            None => Ok(y),
+        }
+    }
+
+    /// Inference: feeds `ids` (b, t) u32 at the cache's position; returns f32 logits
+    /// (b, vocab) of the last position.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Input("empty input".into()));
+        }
+        let pos = cache.pos;
+        if pos + t > self.config.max_position {
+            return Err(ModelError::Input(format!(
+                "sequence of {} positions exceeds the model's {}",
+                pos + t,
+                self.config.max_position
+            )));
+        }
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let mask = if t > 1 { Some(self.causal_mask(t, pos)?) } else { None };
+        let mut h = self.embed(ids)?;
+        for li in 0..self.layers.len() {
+            h = self.block_infer(li, &h, &cos, &sin, mask.as_ref(), &mut cache.layers[li], adapter)?;
+        }
+        cache.pos += t;
+        let last = h.narrow(1, t - 1, 1)?;
+        let last =
+            candle_nn::ops::rms_norm(&last.contiguous()?, &self.final_norm, self.config.rms_eps as f32)?;
+        let logits = self.lm_head.forward(&last)?;
+        Ok(logits.reshape((b, self.config.vocab_size))?.to_dtype(DType::F32)?)
+    }
+
+    /// (t, pos + t) additive mask: query i sees keys up to pos + i.
+    fn causal_mask(&self, t: usize, pos: usize) -> Result<Tensor> {
+        let total = pos + t;
+        let m: Vec<f32> = (0..t)
+            .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        Ok(Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block_infer(
+        &self,
+        li: usize,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let layer = &self.layers[li];
+        let (b, t, _) = h.dims3()?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let x = candle_nn::ops::rms_norm(h, &layer.attn_norm, c.rms_eps as f32)?;
+        let q = self.proj(li, Target::Q, &x, adapter, None)?;
+        let k = self.proj(li, Target::K, &x, adapter, None)?;
+        let v = self.proj(li, Target::V, &x, adapter, None)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let total = k.dim(2)?;
+        let g = nh / nkv;
+        // Grouped-query attention without copying K/V: the g query heads that
+        // share a KV head are stacked along the query axis.
+        let q = q.reshape((b, nkv, g * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = match mask {
+            Some(m) => {
+                att.reshape((b, nkv, g, t, total))?.broadcast_add(m)?.reshape((b, nkv, g * t, total))?
+            }
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = att.matmul(&v)?; // (b, nkv, g*t, hd)
+        let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let h = (h + self.proj(li, Target::O, &o, adapter, None)?)?;
+        let x = candle_nn::ops::rms_norm(&h, &layer.mlp_norm, c.rms_eps as f32)?;
+        let gate = self.proj(li, Target::Gate, &x, adapter, None)?;
+        let up = self.proj(li, Target::Up, &x, adapter, None)?;
+        let m = (candle_nn::ops::silu(&gate)? * up)?;
+        Ok((h + self.proj(li, Target::Down, &m, adapter, None)?)?)
+    }
+}
+
+/// RMSNorm from differentiable ops, computed in f32 and returned in x's dtype.
+pub(crate) fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xf.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(y.to_dtype(dt)?.broadcast_mul(w)?)
+}
+
+/// The per-forward constants of the training path, shared by every block.
+pub(crate) struct TrainGeom {
+    /// (b, 1, t, head_dim) full-width RoPE tables for each row's positions.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// (b, heads, t, t) additive mask: causal within a segment, blocked across.
+    pub mask: Tensor,
+}
+
+impl Base {
+    /// Positions restart at each segment; attention never crosses a segment.
+    pub(crate) fn train_geom(&self, b: usize, t: usize, segments: Option<&Tensor>) -> Result<TrainGeom> {
+        let seg: Vec<u32> = match segments {
+            Some(s) => s.to_device(&Device::Cpu)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?,
+            None => vec![0; b * t],
+        };
+        if seg.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "segment_ids has {} entries, expected {}",
+                seg.len(),
+                b * t
+            )));
+        }
+        let mut pos = vec![0u32; b * t];
+        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
+        for r in 0..b {
+            let s = &seg[r * t..(r + 1) * t];
+            let mut start = 0;
+            for i in 0..t {
+                if i > 0 && s[i] != s[i - 1] {
+                    start = i;
+                }
+                pos[r * t + i] = (i - start) as u32;
+                for j in start..=i {
+                    if s[j] == s[i] {
+                        mask[(r * t + i) * t + j] = 0.0;
+                    }
+                }
+            }
+        }
+        if let Some(&m) = pos.iter().max() {
+            if m as usize >= self.config.max_position {
+                return Err(ModelError::Input(format!("position {m} exceeds the model's maximum")));
+            }
+        }
+        let pos = Tensor::from_vec(pos, b * t, &self.device)?;
+        let full = |tab: &Tensor| -> Result<Tensor> {
+            let f = Tensor::cat(&[tab, tab], 1)?;
+            Ok(f.index_select(&pos, 0)?.reshape((b, 1, t, self.config.head_dim))?)
+        };
+        let mask = Tensor::from_vec(mask, (b, 1, t, t), &self.device)?
+            .to_dtype(self.dtype)?
+            .broadcast_as((b, self.config.num_heads, t, t))?;
+        Ok(TrainGeom { cos: full(&self.cos)?, sin: full(&self.sin)?, mask })
+    }
+
+    /// One block on the training path. `dropout_step` is Some when dropout is on.
+    pub(crate) fn block_train(
+        &self,
+        li: usize,
+        h: &Tensor,
+        geo: &TrainGeom,
+        adapter: Option<&Adapter>,
+        dropout_step: Option<u64>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let layer = &self.layers[li];
+        let (b, t, _) = h.dims3()?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let x = rms_norm_train(h, &layer.attn_norm, c.rms_eps)?;
+        let q = self.proj(li, Target::Q, &x, adapter, dropout_step)?;
+        let k = self.proj(li, Target::K, &x, adapter, dropout_step)?;
+        let v = self.proj(li, Target::V, &x, adapter, dropout_step)?;
+        let q = rope_train(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, geo)?;
+        let k = rope_train(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, geo)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let g = nh / nkv;
+        let k = repeat_kv(&k, g)?;
+        let v = repeat_kv(&v, g)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = ((q.contiguous()?.matmul(&k.t()?)? * scale)? + &geo.mask)?;
+        let att = candle_nn::ops::softmax(&att.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(h.dtype())?;
+        let o = att.matmul(&v.contiguous()?)?;
+        let o = o.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let h = (h + self.proj(li, Target::O, &o, adapter, dropout_step)?)?;
+        let x = rms_norm_train(&h, &layer.mlp_norm, c.rms_eps)?;
+        let gate = self.proj(li, Target::Gate, &x, adapter, dropout_step)?;
+        let up = self.proj(li, Target::Up, &x, adapter, dropout_step)?;
+        let m = (gate.silu()? * up)?;
+        Ok((h + self.proj(li, Target::Down, &m, adapter, dropout_step)?)?)
+    }
+}
+
+/// (b, kv, t, d) → (b, kv·g, t, d), each KV head serving g consecutive query heads.
+fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
+    if g == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, g, t, d))?.contiguous()?.reshape((b, kv * g, t, d))?)
+}
+
+/// `x·cos + rotate_half(x)·sin` for x (b, heads, t, d), from differentiable ops.
+fn rope_train(x: &Tensor, geo: &TrainGeom) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(&geo.cos)? + rot.broadcast_mul(&geo.sin)?)?)
+}

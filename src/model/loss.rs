@@ -1,0 +1,225 @@
+//! Training and scoring on top of the decoder: the loss and adapter gradients
+//! of one micro-batch (with optional per-block recomputation), and teacher-forced
+//! log-probabilities. The lm_head and cross-entropy run over chunks of positions
+//! so logits for a whole sequence never exist at once: each chunk's loss is
+//! differentiated on its own with respect to the final hidden state, and the
+//! accumulated hidden-state gradient is then pushed through the blocks.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use super::decoder::{rms_norm_train, Base, TrainGeom};
+use super::error::{ModelError, Result};
+use super::lora::Adapter;
+
+/// One micro-batch of token sequences.
+pub struct Batch {
+    /// (b, t) u32.
+    pub input_ids: Tensor,
+    /// (b, t) u32: the token each position should predict.
+    pub targets: Tensor,
+    /// (b, t) f32: 1 where the position's loss counts.
+    pub loss_mask: Tensor,
+    /// (b, t) u32: packed documents; no attention across segments, positions restart.
+    pub segment_ids: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Keep only each block's input during the forward pass and recompute the block
+    /// during the backward pass.
+    pub recompute: bool,
+    pub dropout: bool,
+    /// Positions per lm_head + cross-entropy chunk.
+    pub ce_chunk: usize,
+    /// Multiplies the loss before differentiation (dynamic loss scaling for f16).
+    pub loss_scale: f32,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { recompute: false, dropout: true, ce_chunk: 128, loss_scale: 1.0 }
+    }
+}
+
+pub struct LossOut {
+    /// Sum of per-token cross-entropy over masked tokens (unscaled).
+    pub loss_sum: f64,
+    pub tokens: usize,
+    /// Gradients of `loss_sum · loss_scale` for the adapter's vars only.
+    pub grads: GradStore,
+}
+
+impl Batch {
+    fn dims(&self) -> Result<(usize, usize)> {
+        let (b, t) = self.input_ids.dims2()?;
+        for (name, x) in [("targets", &self.targets), ("loss_mask", &self.loss_mask)] {
+            if x.dims() != [b, t] {
+                return Err(ModelError::Input(format!(
+                    "{name} has shape {:?}, expected [{b}, {t}]",
+                    x.dims()
+                )));
+            }
+        }
+        Ok((b, t))
+    }
+
+    /// Targets (flattened) with unmasked positions set to 0 so any id is accepted there,
+    /// and the mask as f32, both on `device`.
+    fn flat_targets(&self, vocab: usize, device: &Device) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let mask: Vec<f32> = self.loss_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let mut tg: Vec<u32> = self.targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        for (i, (t, m)) in tg.iter_mut().zip(&mask).enumerate() {
+            if *m == 0.0 {
+                *t = 0;
+            } else if *t as usize >= vocab {
+                return Err(ModelError::Input(format!(
+                    "target id {t} at position {i} is outside the vocabulary"
+                )));
+            }
+        }
+        let n = tg.len();
+        Ok((Tensor::from_vec(tg, n, device)?, Tensor::from_vec(mask.clone(), n, device)?, mask))
+    }
+}
+
+impl Base {
+    /// Final norm + lm_head + log-softmax for rows of hidden states (n, hidden): (n, vocab) f32.
+    fn head_logprobs(&self, h: &Tensor) -> Result<Tensor> {
+        let hn = rms_norm_train(h, &self.final_norm, self.config.rms_eps)?;
+        let logits = self.lm_head.forward(&hn)?.to_dtype(DType::F32)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    fn check_adapter(&self, adapter: &Adapter) -> Result<()> {
+        if adapter.num_layers() != self.config.num_layers {
+            return Err(ModelError::Input(format!(
+                "adapter has {} layers, model {}",
+                adapter.num_layers(),
+                self.config.num_layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Training: loss and gradients of the adapter's vars for one micro-batch.
+    pub fn loss_and_grads(&self, batch: &Batch, adapter: &Adapter, opts: &TrainOptions) -> Result<LossOut> {
+        self.check_adapter(adapter)?;
+        let (b, t) = batch.dims()?;
+        let step = adapter.next_step();
+        let drop = if opts.dropout { Some(step) } else { None };
+        let geo = self.train_geom(b, t, batch.segment_ids.as_ref())?;
+        let h0 = self.embed(&batch.input_ids.to_device(&self.device)?)?;
+        let n_layers = self.layers.len();
+        let mut out = GradStore::default();
+        if !opts.recompute {
+            let mut h = h0;
+            for li in 0..n_layers {
+                h = self.block_train(li, &h, &geo, Some(adapter), drop)?;
+            }
+            let (loss_sum, tokens, g) = self.chunked_ce(&h.detach(), batch, opts)?;
+            if tokens > 0 {
+                let mut grads = (h * g)?.sum_all()?.backward()?;
+                for (_, v) in adapter.vars() {
+                    if let Some(gv) = grads.remove(v.as_tensor()) {
+                        out.insert(v.as_tensor(), gv);
+                    }
+                }
+            }
+            return Ok(LossOut { loss_sum, tokens, grads: out });
+        }
+        // Forward keeping only block inputs; the graphs of each block are dropped at once.
+        let mut inputs = Vec::with_capacity(n_layers);
+        let mut h = h0;
+        for li in 0..n_layers {
+            let next = self.block_train(li, &h, &geo, Some(adapter), drop)?.detach();
+            inputs.push(h);
+            h = next;
+        }
+        let (loss_sum, tokens, mut g) = self.chunked_ce(&h, batch, opts)?;
+        if tokens > 0 {
+            for li in (0..n_layers).rev() {
+                let hv = Var::from_tensor(&inputs[li])?;
+                let y = self.block_train(li, hv.as_tensor(), &geo, Some(adapter), drop)?;
+                let mut grads = (y * &g)?.sum_all()?.backward()?;
+                for v in adapter.layer_vars(li) {
+                    if let Some(gv) = grads.remove(v.as_tensor()) {
+                        out.insert(v.as_tensor(), gv);
+                    }
+                }
+                if li > 0 {
+                    g = grads.remove(hv.as_tensor()).ok_or_else(|| {
+                        ModelError::Input(format!("no gradient reached block {li}'s input"))
+                    })?;
+                }
+                inputs.truncate(li);
+            }
+        }
+        Ok(LossOut { loss_sum, tokens, grads: out })
+    }
+
+    /// Masked cross-entropy over the final hidden states `h` (b, t, hidden), in chunks of
+    /// positions. Returns the loss sum, the token count and ∂(loss·scale)/∂h (detached).
+    fn chunked_ce(&self, h: &Tensor, batch: &Batch, opts: &TrainOptions) -> Result<(f64, usize, Tensor)> {
+        let (b, t, hid) = h.dims3()?;
+        let n = b * t;
+        let (targets, mask, mask_host) = batch.flat_targets(self.config.vocab_size, &self.device)?;
+        let hf = h.reshape((n, hid))?;
+        let chunk = opts.ce_chunk.max(1);
+        let mut loss_sum = 0f64;
+        let mut tokens = 0usize;
+        let mut pieces = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let counted = mask_host[start..start + len].iter().filter(|&&m| m != 0.0).count();
+            if counted == 0 {
+                pieces.push(Tensor::zeros((len, hid), h.dtype(), &self.device)?);
+                continue;
+            }
+            let hv = Var::from_tensor(&hf.narrow(0, start, len)?.contiguous()?)?;
+            let lp = self.head_logprobs(hv.as_tensor())?;
+            let picked = lp.gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let loss = (picked * mask.narrow(0, start, len)?)?.sum_all()?.neg()?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            tokens += counted;
+            let grads = (loss * opts.loss_scale as f64)?.backward()?;
+            let gh = grads
+                .get(hv.as_tensor())
+                .cloned()
+                .ok_or_else(|| ModelError::Input("no gradient reached the final hidden state".into()))?;
+            pieces.push(gh);
+        }
+        let g = Tensor::cat(&pieces, 0)?.reshape((b, t, hid))?;
+        Ok((loss_sum, tokens, g))
+    }
+
+    /// Scoring (no grads): log p(target_t | ids_≤t) for every position, f32 (b, t).
+    pub fn target_logprobs(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
+        if let Some(a) = adapter {
+            self.check_adapter(a)?;
+        }
+        let (b, t) = batch.dims()?;
+        let geo: TrainGeom = self.train_geom(b, t, batch.segment_ids.as_ref())?;
+        let mut h = self.embed(&batch.input_ids.to_device(&self.device)?)?;
+        for li in 0..self.layers.len() {
+            h = self.block_train(li, &h, &geo, adapter, None)?.detach();
+        }
+        let n = b * t;
+        let hf = h.reshape((n, self.config.hidden_size))?;
+        let mut tg: Vec<u32> = batch.targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        tg.iter_mut().for_each(|x| {
+            if *x as usize >= self.config.vocab_size {
+                *x = 0
+            }
+        });
+        let tg = Tensor::from_vec(tg, n, &self.device)?;
+        let chunk = 256;
+        let mut pieces = Vec::new();
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let lp = self.head_logprobs(&hf.narrow(0, start, len)?)?.detach();
+            pieces.push(lp.gather(&tg.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?);
+        }
+        Ok(Tensor::cat(&pieces, 0)?.reshape((b, t))?)
+    }
+}

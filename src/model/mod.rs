@@ -1,0 +1,17 @@
+//! The model core: configuration, the qwen2/llama decoder over frozen quantized
+//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring.
+
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod load;
+pub mod lora;
+pub mod loss;
+pub mod nf4;
+pub mod qlinear;
+
+pub use config::{Arch, ModelConfig};
+pub use decoder::{Base, KvCache, LoadOptions, QuantKind};
+pub use error::{ModelError, Result};
+pub use lora::{Adapter, LoraConfig, Target};
+pub use loss::{Batch, LossOut, TrainOptions};

@@ -1,0 +1,260 @@
+//! The frozen base projection: `y = x Wᵀ (+ b)` with `W` kept in its quantized
+//! form (a GGUF block type or NF4). Forward runs on the quantized kernels;
+//! backward returns only `∂L/∂x = ∂L/∂y · W`, dequantizing `W` for that one
+//! product and dropping it, so no weight-sized gradient ever exists. candle's
+//! own `QMatMul` has no backward and its dense matmul would also compute a
+//! gradient for the frozen weight, hence this op.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+
+use super::error::Result;
+use super::nf4::Nf4Tensor;
+
+/// How a frozen (out, in) matrix is held.
+pub enum FrozenWeight {
+    /// Any GGUF block type (Q4_0 … Q8_0, k-quants), run with candle's quantized kernels.
+    Ggml(Arc<QTensor>),
+    /// NF4 with double-quantized scales.
+    Nf4(Nf4Tensor),
+    /// A dense matrix (f32/f16/bf16 tensors found in a GGUF file).
+    Dense(Tensor),
+}
+
+impl FrozenWeight {
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            FrozenWeight::Ggml(q) => q.shape().dims2().unwrap_or((0, 0)),
+            FrozenWeight::Nf4(n) => n.dims(),
+            FrozenWeight::Dense(t) => t.dims2().unwrap_or((0, 0)),
+        }
+    }
+
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            FrozenWeight::Ggml(q) => q.storage_size_in_bytes(),
+            FrozenWeight::Nf4(n) => n.storage_bytes(),
+            FrozenWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+
+    /// A short name of the storage type, as GGUF spells it.
+    pub fn type_name(&self) -> String {
+        match self {
+            FrozenWeight::Ggml(q) => format!("{:?}", q.dtype()),
+            FrozenWeight::Nf4(_) => "NF4".into(),
+            FrozenWeight::Dense(t) => format!("{:?}", t.dtype()),
+        }
+    }
+
+    /// The dense matrix, on the weight's device, in `dtype`.
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        Ok(match self {
+            FrozenWeight::Ggml(q) => {
+                let dev = q.device();
+                if dtype == DType::F16 && dev.is_cuda() {
+                    q.dequantize_f16(&dev)?
+                } else {
+                    q.dequantize(&dev)?.to_dtype(dtype)?
+                }
+            }
+            FrozenWeight::Nf4(n) => n.dequantize(dtype)?,
+            FrozenWeight::Dense(t) => t.to_dtype(dtype)?,
+        })
+    }
+}
+
+struct FrozenMatMul(Arc<FrozenWeight>);
+
+/// `x · wᵀ` on storages, for a dense (n, k) weight and a contiguous (…, k) input.
+fn dense_fwd<S: BackendStorage>(
+    x: &S,
+    xl: &Layout,
+    w: &S,
+    wl: &Layout,
+    n: usize,
+    k: usize,
+) -> candle_core::Result<(S, Shape)> {
+    let m = xl.shape().elem_count() / k;
+    let lhs = Layout::contiguous_with_offset((m, k), xl.start_offset());
+    let rhs = Layout::contiguous_with_offset((n, k), wl.start_offset()).transpose(0, 1)?;
+    let out = x.matmul(w, (1, m, n, k), &lhs, &rhs)?;
+    let mut dims = xl.shape().dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((out, Shape::from(dims)))
+}
+
+impl FrozenMatMul {
+    fn dense_weight(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        let w = self.0.dequantize(dtype).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        w.contiguous()
+    }
+}
+
+impl CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if !l.is_contiguous() {
+            candle_core::bail!("frozen-matmul: input must be contiguous")
+        }
+        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
+            return q.as_ref().cpu_fwd(s, l);
+        }
+        let (n, k) = self.0.dims();
+        let w = self.dense_weight(s.dtype())?;
+        let (ws, wl) = w.storage_and_layout();
+        match &*ws {
+            Storage::Cpu(wc) => dense_fwd(s, l, wc, wl, n, k),
+            _ => candle_core::bail!("frozen-matmul: weight and input on different devices"),
+        }
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        if !l.is_contiguous() {
+            candle_core::bail!("frozen-matmul: input must be contiguous")
+        }
+        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
+            return q.as_ref().cuda_fwd(s, l);
+        }
+        let (n, k) = self.0.dims();
+        let w = self.dense_weight(s.dtype())?;
+        let (ws, wl) = w.storage_and_layout();
+        match &*ws {
+            Storage::Cuda(wc) => dense_fwd(s, l, wc, wl, n, k),
+            _ => candle_core::bail!("frozen-matmul: weight and input on different devices"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, k) = self.0.dims();
+        let w = self.dense_weight(grad.dtype())?;
+        let m = grad.elem_count() / n;
+        let gx = grad.reshape((m, n))?.matmul(&w)?;
+        drop(w);
+        debug_assert_eq!(gx.dims2()?, (m, k));
+        Ok(Some(gx.reshape(arg.shape())?))
+    }
+}
+
+/// A frozen projection with an optional (unquantized) bias.
+#[derive(Clone)]
+pub struct FrozenLinear {
+    weight: Arc<FrozenWeight>,
+    op: Arc<Box<dyn CustomOp1 + Send + Sync>>,
+    bias: Option<Tensor>,
+}
+
+impl FrozenLinear {
+    pub fn new(weight: FrozenWeight, bias: Option<Tensor>) -> Self {
+        Self::from_arc(Arc::new(weight), bias)
+    }
+
+    pub fn from_arc(weight: Arc<FrozenWeight>, bias: Option<Tensor>) -> Self {
+        let op: Arc<Box<dyn CustomOp1 + Send + Sync>> = Arc::new(Box::new(FrozenMatMul(weight.clone())));
+        Self { weight, op, bias }
+    }
+
+    pub fn weight(&self) -> &Arc<FrozenWeight> {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// (out, in).
+    pub fn dims(&self) -> (usize, usize) {
+        self.weight.dims()
+    }
+
+    pub fn storage_bytes(&self) -> usize {
+        self.weight.storage_bytes()
+            + self.bias.as_ref().map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
+    }
+
+    /// `x (…, in) → (…, out)` in x's dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let y = x.apply_op1_arc(self.op.clone())?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            None => y,
+        })
+    }
+
+    /// Quantizes a dense (out, in) matrix to a GGUF block type.
+    pub fn quantize_ggml(w: &Tensor, dtype: GgmlDType, bias: Option<Tensor>) -> Result<Self> {
+        let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
+        Ok(Self::new(FrozenWeight::Ggml(Arc::new(q)), bias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand_t(shape: (usize, usize), seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| r.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d / s
+    }
+
+    /// Forward and input-gradient of the frozen op against a dense matmul of the
+    /// dequantized weight, for every storage type the loaders produce.
+    #[test]
+    fn frozen_linear_backward_matches_dense_reference_for_each_type() {
+        let dense = rand_t((48, 512), 1);
+        let x0 = rand_t((6, 512), 2).reshape((2, 3, 512)).unwrap();
+        let gy = rand_t((6, 48), 3).reshape((2, 3, 48)).unwrap();
+        let mut kinds: Vec<FrozenLinear> = [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+            GgmlDType::Q8_0,
+        ]
+        .iter()
+        .map(|t| FrozenLinear::quantize_ggml(&dense, *t, None).unwrap())
+        .collect();
+        kinds.push(FrozenLinear::new(
+            FrozenWeight::Nf4(Nf4Tensor::quantize(&dense, &Device::Cpu).unwrap()),
+            None,
+        ));
+        kinds.push(FrozenLinear::new(FrozenWeight::Dense(dense.clone()), None));
+        for lin in &kinds {
+            let name = lin.weight().type_name();
+            let w = lin.weight().dequantize(DType::F32).unwrap();
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = lin.forward(x.as_tensor()).unwrap();
+            let y_ref = x0.broadcast_matmul(&w.t().unwrap()).unwrap();
+            // GGUF kernels quantize activations to 8 bits: forward agrees to that precision.
+            let tol = if matches!(lin.weight().as_ref(), FrozenWeight::Ggml(_)) { 2e-2 } else { 1e-5 };
+            assert!(max_rel(&y, &y_ref) < tol, "{name} forward {}", max_rel(&y, &y_ref));
+            let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap();
+            let gx_ref = gy.broadcast_matmul(&w).unwrap();
+            assert!(max_rel(gx, &gx_ref) < 1e-5, "{name} grad {}", max_rel(gx, &gx_ref));
+            for id in grads.get_ids() {
+                let g = grads.get_id(*id).unwrap();
+                assert_ne!(g.dims(), &[48, 512], "{name}: a weight-shaped gradient exists");
+            }
+        }
+    }
+}
