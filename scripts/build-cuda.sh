@@ -82,5 +82,6 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$CARGO_BUILD_JOBS}"
 
 cd "$root"
-nice -n "${NICE:-5}" cargo build --release --features cuda "$@"
+# CARGO_SUBCOMMAND=test with `--lib --no-run` builds the CUDA test binary the same way.
+nice -n "${NICE:-5}" cargo "${CARGO_SUBCOMMAND:-build}" --release --features cuda "$@"
 echo "built $root/target/release/warsha for compute capability $cap"

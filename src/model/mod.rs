@@ -2,6 +2,10 @@
 //! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring.
 
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_dequant;
+#[cfg(feature = "cuda")]
+pub mod cuda_mem;
 pub mod decoder;
 pub mod error;
 pub mod load;
