@@ -56,3 +56,38 @@ fn smollm2_answers_paris_for_the_capital_of_france() {
     let top = logits.squeeze(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
     assert_eq!(v[top as usize], "ĠParis", "argmax token {top} = {:?}", v[top as usize]);
 }
+
+/// Throughput of the inference path (run with `--release --ignored --nocapture`;
+/// thread count from RAYON_NUM_THREADS). Compared by hand with llama-bench.
+#[test]
+#[ignore]
+fn smollm2_inference_speed() {
+    let Some(path) = model_path() else { return };
+    let base = Base::load(&path, &LoadOptions::default()).unwrap();
+    let prompt: Vec<u32> = (0..128u32).map(|i| 1000 + i * 7).collect();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    // Warm-up (repacks weights once).
+    base.forward(&input, &mut base.new_cache(), None).unwrap();
+    let mut best_prefill = f64::MAX;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        base.forward(&input, &mut base.new_cache(), None).unwrap();
+        best_prefill = best_prefill.min(t0.elapsed().as_secs_f64());
+    }
+    let mut cache = base.new_cache();
+    base.forward(&input.narrow(1, 0, 16).unwrap(), &mut cache, None).unwrap();
+    let n = 64;
+    let t0 = std::time::Instant::now();
+    let mut next = Tensor::new(&[[42u32]], &Device::Cpu).unwrap();
+    for _ in 0..n {
+        let logits = base.forward(&next, &mut cache, None).unwrap();
+        let id = logits.argmax(1).unwrap();
+        next = id.unsqueeze(0).unwrap();
+    }
+    let decode = t0.elapsed().as_secs_f64();
+    println!(
+        "smollm2 prefill {:.1} tok/s (128 tokens), decode {:.1} tok/s ({n} tokens)",
+        128.0 / best_prefill,
+        n as f64 / decode
+    );
+}

@@ -214,7 +214,11 @@ impl ModelConfig {
             let key = format!("{a}.{k}");
             match md.get(&key) {
                 None => Ok(None),
-                Some(v) => Ok(Some(v.to_f32().map(f64::from).map_err(|e| bad(&key, e))?)),
+                // Shortest decimal of the f32, so 1e-6 reads back as 1e-6 rather than 9.99e-7.
+                Some(v) => {
+                    let f = v.to_f32().map_err(|e| bad(&key, e))?;
+                    Ok(Some(f.to_string().parse::<f64>().unwrap_or(f as f64)))
+                }
             }
         };
         let hidden = get_u("embedding_length")?;

@@ -174,6 +174,15 @@ impl Base {
         &self.layers[i]
     }
 
+    /// The token embedding table (vocab, hidden).
+    pub fn embedding(&self) -> &Arc<FrozenWeight> {
+        &self.embed
+    }
+
+    pub fn final_norm(&self) -> &Tensor {
+        &self.final_norm
+    }
+
     pub fn lm_head(&self) -> &FrozenLinear {
         &self.lm_head
     }

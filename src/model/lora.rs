@@ -296,7 +296,7 @@ mod tests {
         let ad = Adapter::new(&cfg, &lora, 9, &Device::Cpu).unwrap();
         assert_eq!(ad.vars().len(), 2 * 2 * cfg.num_layers);
         // A is Kaiming-uniform within ±1/sqrt(in); B starts at zero.
-        let (_, a) = &ad.vars()[0];
+        let a = &ad.pair(0, Target::Q).unwrap().a;
         let bound = 1.0 / (cfg.hidden_size as f32).sqrt();
         let amax = a.as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(amax <= bound && amax > 0.8 * bound);

@@ -113,17 +113,10 @@ impl Base {
         let n_layers = self.layers.len();
         let mut out = GradStore::default();
         if !opts.recompute {
-            let mut h = h0;
-            for li in 0..n_layers {
-                h = self.block_train(li, &h, &geo, Some(adapter), drop)?;
-            }
-            let (loss_sum, tokens, g) = self.chunked_ce(&h.detach(), batch, opts)?;
-            if tokens > 0 {
-                let mut grads = (h * g)?.sum_all()?.backward()?;
-                for (_, v) in adapter.vars() {
-                    if let Some(gv) = grads.remove(v.as_tensor()) {
-                        out.insert(v.as_tensor(), gv);
-                    }
+            let (loss_sum, tokens, mut grads) = self.backward_whole(&h0, &geo, batch, adapter, drop, opts)?;
+            for (_, v) in adapter.vars() {
+                if let Some(gv) = grads.remove(v.as_tensor()) {
+                    out.insert(v.as_tensor(), gv);
                 }
             }
             return Ok(LossOut { loss_sum, tokens, grads: out });
@@ -156,6 +149,25 @@ impl Base {
             }
         }
         Ok(LossOut { loss_sum, tokens, grads: out })
+    }
+
+    /// One graph through all blocks and one backward; returns candle's whole GradStore.
+    fn backward_whole(
+        &self,
+        h0: &Tensor,
+        geo: &TrainGeom,
+        batch: &Batch,
+        adapter: &Adapter,
+        drop: Option<u64>,
+        opts: &TrainOptions,
+    ) -> Result<(f64, usize, GradStore)> {
+        let mut h = h0.clone();
+        for li in 0..self.layers.len() {
+            h = self.block_train(li, &h, geo, Some(adapter), drop)?;
+        }
+        let (loss_sum, tokens, g) = self.chunked_ce(&h.detach(), batch, opts)?;
+        let grads = if tokens > 0 { (h * g)?.sum_all()?.backward()? } else { GradStore::default() };
+        Ok((loss_sum, tokens, grads))
     }
 
     /// Masked cross-entropy over the final hidden states `h` (b, t, hidden), in chunks of
@@ -221,5 +233,66 @@ impl Base {
             pieces.push(lp.gather(&tg.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?);
         }
         Ok(Tensor::cat(&pieces, 0)?.reshape((b, t))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LoadOptions, LoraConfig, ModelConfig, QuantKind};
+
+    /// The whole backward over quantized layers: candle's GradStore must hold no tensor
+    /// shaped like any frozen weight (only adapter vars and activation-shaped entries).
+    #[test]
+    fn backward_over_quantized_layers_holds_no_weight_sized_gradient() {
+        for quant in [QuantKind::Nf4, QuantKind::Q4K] {
+            let cfg = ModelConfig::from_shape_name("tiny-qwen2").unwrap();
+            let base = Base::random(&cfg, quant, 1, &LoadOptions::default()).unwrap();
+            let ad = Adapter::new(&cfg, &LoraConfig::default(), 2, &Device::Cpu).unwrap();
+            let (b, t) = (2, 5);
+            let ids = Tensor::from_vec((0..10u32).collect::<Vec<_>>(), (b, t), &Device::Cpu).unwrap();
+            let batch = Batch {
+                input_ids: ids.clone(),
+                targets: ids,
+                loss_mask: Tensor::ones((b, t), DType::F32, &Device::Cpu).unwrap(),
+                segment_ids: None,
+            };
+            let geo = base.train_geom(b, t, None).unwrap();
+            let h0 = base.embed(&batch.input_ids).unwrap();
+            let opts = TrainOptions::default();
+            let (_, _, grads) = base.backward_whole(&h0, &geo, &batch, &ad, Some(0), &opts).unwrap();
+            let mut weight_shapes: Vec<Vec<usize>> = Vec::new();
+            for l in &base.layers {
+                for p in &l.proj {
+                    let (o, i) = p.dims();
+                    weight_shapes.push(vec![o, i]);
+                }
+            }
+            weight_shapes.push(vec![cfg.vocab_size, cfg.hidden_size]);
+            let var_ids: Vec<_> = ad.vars().iter().map(|(_, v)| v.as_tensor().id()).collect();
+            let mut weight_like_bytes = 0usize;
+            for id in grads.get_ids() {
+                let g = grads.get_id(*id).unwrap();
+                if var_ids.contains(id) {
+                    continue;
+                }
+                assert!(
+                    !weight_shapes.contains(&g.dims().to_vec()),
+                    "{quant:?}: gradient of shape {:?}",
+                    g.dims()
+                );
+                // Activation-shaped: (b, …) or flattened rows (b·t, …) such as a dropout mask.
+                let act = g.rank() >= 3 || g.dims()[0] == b * t;
+                assert!(act, "{quant:?}: non-activation gradient of shape {:?}", g.dims());
+                weight_like_bytes += g.elem_count() * 4;
+            }
+            // Everything else is activation-sized bookkeeping of constants (norm weights,
+            // RoPE tables, the mask): far below one projection's dense f32 gradient per layer.
+            let dense_bytes: usize = weight_shapes.iter().map(|s| s[0] * s[1] * 4).sum();
+            assert!(weight_like_bytes * 10 < dense_bytes, "{weight_like_bytes} vs {dense_bytes}");
+            for id in &var_ids {
+                assert!(grads.get_id(*id).is_some());
+            }
+        }
     }
 }

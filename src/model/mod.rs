@@ -12,6 +12,7 @@ pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
+mod q4_1_cpu;
 pub mod qlinear;
 
 pub use config::{Arch, ModelConfig};

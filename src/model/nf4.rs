@@ -230,7 +230,7 @@ mod tests {
         let t = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
         let q = Nf4Tensor::quantize(&t, &Device::Cpu).unwrap();
         let d = q.dequantize(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        // Largest half-gap between levels is (1 - 0.7230) / 2 = 0.1385 of the block absmax;
+        // Largest half-gap between levels is (1 - 0.6962) / 2 = 0.1519 of the block absmax;
         // the 8-bit absmax adds at most half a code step of its group scale.
         let mut sq = 0f64;
         let mut ref_sq = 0f64;
@@ -238,7 +238,7 @@ mod tests {
             let absmax = wb.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (x, y) in wb.iter().zip(db) {
                 let err = (x - y).abs();
-                assert!(err <= 0.1386 * absmax + 0.01 * absmax + 1e-7, "block {b}: {x} vs {y}");
+                assert!(err <= 0.1520 * absmax + 0.01 * absmax + 1e-7, "block {b}: {x} vs {y}");
                 sq += (err as f64).powi(2);
                 ref_sq += (*x as f64).powi(2);
             }

@@ -5,11 +5,12 @@
 //! own `QMatMul` has no backward and its dense matmul would also compute a
 //! gradient for the frozen weight, hence this op.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 
 use super::error::Result;
 use super::nf4::Nf4Tensor;
@@ -110,6 +111,18 @@ impl CustomOp1 for FrozenMatMul {
             candle_core::bail!("frozen-matmul: input must be contiguous")
         }
         if let FrozenWeight::Ggml(q) = self.0.as_ref() {
+            if let (GgmlDType::Q4_1, CpuStorage::F32(xs), true) = (q.dtype(), s, super::q4_1_cpu::available())
+            {
+                let (n, k) = self.0.dims();
+                let count = l.shape().elem_count();
+                let x = &xs[l.start_offset()..l.start_offset() + count];
+                let y = super::q4_1_cpu::matmul(&q.data()?, n, k, x, count / k);
+                let mut dims = l.shape().dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = n;
+                }
+                return Ok((CpuStorage::F32(y), Shape::from(dims)));
+            }
             return q.as_ref().cpu_fwd(s, l);
         }
         let (n, k) = self.0.dims();
@@ -145,13 +158,44 @@ impl CustomOp1 for FrozenMatMul {
             }
         }
         let (n, k) = self.0.dims();
-        let w = self.dense_weight(grad.dtype())?;
         let m = grad.elem_count() / n;
-        let gx = grad.reshape((m, n))?.matmul(&w)?;
+        let g2 = grad.reshape((m, n))?;
+        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
+            if q.device().is_cpu() && n * k > BWD_SLICE_ELEMS {
+                return Ok(Some(sliced_bwd(q, &g2, n, k)?.reshape(arg.shape())?));
+            }
+        }
+        let w = self.dense_weight(grad.dtype())?;
+        let gx = g2.matmul(&w)?;
         drop(w);
         debug_assert_eq!(gx.dims2()?, (m, k));
         Ok(Some(gx.reshape(arg.shape())?))
     }
+}
+
+/// Above this many weights (16 MiB in f32) the backward dequantizes row slices one
+/// at a time, so a vocabulary-sized lm_head never exists densely.
+const BWD_SLICE_ELEMS: usize = 1 << 22;
+
+/// `grad (m, n) · W (n, k)` as a sum over row slices of W, each dequantized and dropped.
+fn sliced_bwd(q: &QTensor, g: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let rows = (BWD_SLICE_ELEMS / k).max(1);
+    let mut acc: Option<Tensor> = None;
+    for r0 in (0..n).step_by(rows) {
+        let r = rows.min(n - r0);
+        let bytes = &data[r0 * row_bytes..(r0 + r) * row_bytes];
+        let sub = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?, (r, k))?;
+        let w = sub.dequantize(&Device::Cpu)?.to_dtype(g.dtype())?;
+        let part = g.narrow(1, r0, r)?.matmul(&w)?;
+        acc = Some(match acc {
+            None => part,
+            Some(a) => (a + part)?,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
 }
 
 /// A frozen projection with an optional (unquantized) bias.
@@ -210,7 +254,7 @@ impl FrozenLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     fn rand_t(shape: (usize, usize), seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};
@@ -266,5 +310,21 @@ mod tests {
                 assert_ne!(g.dims(), &[48, 512], "{name}: a weight-shaped gradient exists");
             }
         }
+    }
+
+    /// A vocabulary-sized weight takes the row-sliced backward; it must agree with one product.
+    #[test]
+    fn sliced_backward_of_a_large_weight_equals_the_whole_product() {
+        let n = BWD_SLICE_ELEMS / 256 * 2 + 40;
+        let dense = rand_t((n, 256), 6);
+        let lin = FrozenLinear::quantize_ggml(&dense, GgmlDType::Q8_0, None).unwrap();
+        let x = Var::from_tensor(&rand_t((3, 256), 7)).unwrap();
+        let gy = rand_t((3, n), 8);
+        let y = lin.forward(x.as_tensor()).unwrap();
+        let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let w = lin.weight().dequantize(DType::F32).unwrap();
+        let want = gy.matmul(&w).unwrap();
+        let got = grads.get(x.as_tensor()).unwrap();
+        assert!(max_rel(got, &want) < 1e-5, "{}", max_rel(got, &want));
     }
 }
