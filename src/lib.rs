@@ -11,3 +11,4 @@ pub mod config;
 pub mod data_dir;
 pub mod model;
 pub mod store;
+pub mod train;

@@ -2,6 +2,8 @@
 //! command's arguments into library calls and prints the result for people
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
+mod bench_infer;
+mod model;
 mod status;
 
 use std::path::Path;
@@ -50,8 +52,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
-        Command::Model(_) => Err(NotYet("model loading (warsha model)").into()),
+        Command::Model(c) => model::run(&ctx, c),
         Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
+        Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }

@@ -1,6 +1,8 @@
 //! The model core: configuration, the qwen2/llama decoder over frozen quantized
-//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring.
+//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring;
+//! tokenizing, chat templates, text generation, and installing models into the data dir.
 
+pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_dequant;
@@ -8,12 +10,17 @@ pub mod cuda_dequant;
 pub mod cuda_mem;
 pub mod decoder;
 pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod info;
 pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
 mod q4_1_cpu;
 pub mod qlinear;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};
 pub use decoder::{Base, KvCache, LoadOptions, QuantKind};

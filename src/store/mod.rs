@@ -12,7 +12,9 @@
 //! Typed queries live beside this file, one file per area.
 
 mod events;
+mod models;
 mod status;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +23,11 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 
 pub use events::{Event, Level};
+pub use models::ModelRow;
 pub use status::{StatusReport, TableCount};
+pub use train::{
+    DataSnapshot, DocSource, NewAdapter, QaSource, ReviewSource, RunRow, StepRow, TrainingSources,
+};
 
 /// Busy timeout for every connection. Readers in WAL mode never block the
 /// writer; this only covers checkpoints and a second writer's brief overlap.

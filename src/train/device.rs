@@ -1,0 +1,91 @@
+//! Where training runs and in which precision: f32 on CPU; on CUDA bf16 when
+//! the GPU has bf16 kernels (compute capability 8.0 and up), otherwise f16
+//! with dynamic loss scaling (a Turing card such as the GTX 1650).
+
+use candle_core::{DType, Device};
+
+use super::TrainError;
+
+/// Pick the device for `spec` ("auto", "cpu" or "cuda") and its compute dtype.
+pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
+    match spec {
+        "cpu" => Ok((Device::Cpu, DType::F32)),
+        "cuda" => {
+            let d = Device::new_cuda(0).map_err(|e| TrainError::Device(format!("cuda: {e}")))?;
+            let dt = cuda_dtype(&d);
+            Ok((d, dt))
+        }
+        _ => {
+            if cfg!(feature = "cuda") {
+                if let Ok(d) = Device::new_cuda(0) {
+                    let dt = cuda_dtype(&d);
+                    return Ok((d, dt));
+                }
+            }
+            Ok((Device::Cpu, DType::F32))
+        }
+    }
+}
+
+fn cuda_dtype(d: &Device) -> DType {
+    match compute_capability(d) {
+        Some((major, _)) if major >= 8 => DType::BF16,
+        _ => DType::F16,
+    }
+}
+
+/// The GPU's compute capability (major, minor); None on CPU.
+#[cfg(feature = "cuda")]
+pub fn compute_capability(d: &Device) -> Option<(i32, i32)> {
+    use candle_core::cuda::cudarc::driver::{result, sys};
+    let Device::Cuda(c) = d else { return None };
+    let dev = c.cuda_stream().context().cu_device();
+    // SAFETY: attribute queries on a device handle owned by a live context.
+    let major = unsafe {
+        result::device::get_attribute(
+            dev,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+        )
+    }
+    .ok()?;
+    let minor = unsafe {
+        result::device::get_attribute(
+            dev,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+        )
+    }
+    .ok()?;
+    Some((major, minor))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn compute_capability(_d: &Device) -> Option<(i32, i32)> {
+    None
+}
+
+/// "cpu", "cuda".
+pub fn name(d: &Device) -> &'static str {
+    if d.is_cpu() {
+        "cpu"
+    } else if d.is_cuda() {
+        "cuda"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_trains_in_f32_and_auto_falls_back_to_cpu_without_a_gpu() {
+        let (d, dt) = select("cpu").unwrap();
+        assert!(d.is_cpu());
+        assert_eq!(dt, DType::F32);
+        if !cfg!(feature = "cuda") {
+            assert!(select("auto").unwrap().0.is_cpu());
+            assert!(select("cuda").is_err());
+        }
+    }
+}

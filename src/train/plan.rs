@@ -1,0 +1,345 @@
+//! The memory planner: predicts a round's peak memory from the model's
+//! dimensions, the resident size of its frozen weights, the LoRA setup and
+//! the shape of a step (sequence length, micro-batch, recomputation), and
+//! picks the largest shape that fits the budget before training starts.
+//! When the device still runs out of memory, [`back_off`] gives the next
+//! smaller shape so the round continues instead of dying.
+//!
+//! What is counted (bytes): the frozen weights as loaded; LoRA parameters,
+//! their accumulated gradients, one micro-batch's gradients and two AdamW
+//! moments (all f32); activations that backward keeps alive (every block's,
+//! or with recomputation one input per block plus one block being replayed);
+//! the chunked lm_head/cross-entropy logits; the tokenizer and packed data;
+//! the runtime (process baseline on CPU, context + cuBLAS on CUDA). The
+//! per-block coefficients count the tensors the decoder's training graph
+//! holds per token and were fitted against measured peaks (see tests).
+
+use serde::Serialize;
+
+use super::checkpoint::Shape;
+
+/// A CUDA context plus cuBLAS handles, measured on an H200 (~684 MiB).
+pub const CUDA_CONTEXT_BYTES: u64 = 700 * MIB;
+/// Process baseline on CPU: binary, shared libraries, SQLite, thread stacks.
+pub const CPU_BASELINE_BYTES: u64 = 48 * MIB;
+const MIB: u64 = 1024 * 1024;
+
+/// Model dimensions the estimate needs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Dims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// Everything the estimate depends on besides the step shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanInput {
+    pub dims: Dims,
+    pub device: DeviceKind,
+    /// Resident bytes of the frozen base (quantized weights and any dense tables).
+    pub weight_bytes: u64,
+    /// Trainable LoRA parameters (f32).
+    pub lora_params: u64,
+    /// LoRA rank and the number of adapted projections per block.
+    pub rank: usize,
+    pub targets_per_block: usize,
+    /// Bytes per activation element: 4 (f32), 2 (bf16/f16).
+    pub act_bytes: usize,
+    /// Positions per lm_head + cross-entropy chunk.
+    pub ce_chunk: usize,
+    /// Tokenizer and packed training rows held in memory.
+    pub host_data_bytes: u64,
+}
+
+/// The predicted peak, by part (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub weights: u64,
+    pub lora: u64,
+    pub activations: u64,
+    pub logits: u64,
+    pub data: u64,
+    pub runtime: u64,
+    pub total: u64,
+}
+
+impl Estimate {
+    pub fn total_mib(&self) -> f64 {
+        self.total as f64 / MIB as f64
+    }
+}
+
+/// A chosen shape with its estimate and the budget it was checked against.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    pub shape: Shape,
+    pub estimate: Estimate,
+    pub budget_mib: u64,
+    /// Shapes tried before this one (they did not fit).
+    pub rejected: Vec<(Shape, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no training shape fits {budget_mib} MiB: even seq {seq_len}, micro-batch 1 with recomputation needs ~{need_mib} MiB. \
+     Raise the budget ([gpu] vram_budget_mib / [train] host_budget_mib), use a smaller model, or lower [lora] rank"
+)]
+pub struct NoFit {
+    pub budget_mib: u64,
+    pub need_mib: u64,
+    pub seq_len: usize,
+}
+
+/// Activation elements kept per token per block, without recomputation:
+/// hidden-sized tensors (norms, residuals, projections, rotary, attention
+/// output), MLP-sized ones (gate, up, SiLU and product), key/value-sized
+/// ones, and the LoRA bottlenecks.
+const PER_TOKEN_HIDDEN: f64 = 22.0;
+const PER_TOKEN_INTER: f64 = 7.0;
+const PER_TOKEN_KV: f64 = 10.0;
+/// Attention scores kept per token per head: scores, masked, softmax parts.
+const PER_SCORE: f64 = 4.0;
+
+/// Predicted peak memory of one step of `shape`.
+pub fn estimate(inp: &PlanInput, shape: &Shape) -> Estimate {
+    let d = &inp.dims;
+    let tokens = (shape.micro_batch * shape.seq_len) as f64;
+    let kv = (d.kv_heads * d.head_dim) as f64;
+    let per_token = PER_TOKEN_HIDDEN * d.hidden as f64
+        + PER_TOKEN_INTER * d.intermediate as f64
+        + PER_TOKEN_KV * kv
+        + (inp.rank * inp.targets_per_block) as f64 * 2.0;
+    let scores = PER_SCORE * (d.heads * shape.seq_len) as f64;
+    let block = tokens * (per_token + scores) * inp.act_bytes as f64;
+    // Backward holds the gradients of the block it is in: about one block more.
+    let acts = if shape.recompute {
+        let inputs = tokens * d.hidden as f64 * inp.act_bytes as f64 * d.layers as f64;
+        inputs + 2.0 * block
+    } else {
+        block * (d.layers as f64 + 1.0)
+    };
+    // Embedding output and final norm (hidden-sized, f32 on the residual path).
+    let acts = acts + 3.0 * tokens * d.hidden as f64 * 4.0;
+    let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
+    // Logits chunk in f32, its log-softmax and its gradient.
+    let logits = 3.0 * chunk * d.vocab as f64 * 4.0;
+    // Parameters, summed gradients, one micro-batch's gradients, two moments.
+    let lora = inp.lora_params * 4 * 5;
+    let runtime = match inp.device {
+        DeviceKind::Cpu => CPU_BASELINE_BYTES,
+        DeviceKind::Cuda => CUDA_CONTEXT_BYTES,
+    };
+    // Host data counts only where it lives in the budgeted memory.
+    let data = match inp.device {
+        DeviceKind::Cpu => inp.host_data_bytes,
+        DeviceKind::Cuda => 0,
+    };
+    // The allocator's caching and fragmentation on top of what is live.
+    let overhead = 1.10;
+    let weights = inp.weight_bytes;
+    let activations = (acts * overhead) as u64;
+    let logits = (logits * overhead) as u64;
+    let total = weights + lora + activations + logits + data + runtime;
+    Estimate { weights, lora, activations, logits, data, runtime, total }
+}
+
+/// How recomputation may be chosen (`[train] recompute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recompute {
+    Auto,
+    On,
+    Off,
+}
+
+impl Recompute {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "on" => Recompute::On,
+            "off" => Recompute::Off,
+            _ => Recompute::Auto,
+        }
+    }
+}
+
+/// Shapes to try, preferred first: the configured sequence length, then
+/// shorter ones; within one, the configured micro-batch halving to 1, each
+/// without and then with recomputation. Samples per optimizer step stay
+/// constant (grad_accum grows as the micro-batch shrinks).
+pub fn candidates(seq_len: usize, micro_batch: usize, grad_accum: usize, mode: Recompute) -> Vec<Shape> {
+    let samples = micro_batch * grad_accum;
+    let mut out = Vec::new();
+    let mut seq = seq_len;
+    loop {
+        let mut mb = micro_batch;
+        loop {
+            let accum = samples.div_ceil(mb);
+            let rcs: &[bool] = match mode {
+                Recompute::Auto => &[false, true],
+                Recompute::On => &[true],
+                Recompute::Off => &[false],
+            };
+            for &recompute in rcs {
+                out.push(Shape { seq_len: seq, micro_batch: mb, grad_accum: accum, recompute });
+            }
+            if mb == 1 {
+                break;
+            }
+            mb /= 2;
+        }
+        if seq <= 64 || seq / 2 < 64 {
+            break;
+        }
+        seq /= 2;
+    }
+    out
+}
+
+/// The first candidate whose estimate fits `budget_mib`.
+pub fn choose(inp: &PlanInput, budget_mib: u64, shapes: &[Shape]) -> Result<MemoryPlan, NoFit> {
+    let budget = budget_mib * MIB;
+    let mut rejected = Vec::new();
+    for s in shapes {
+        let e = estimate(inp, s);
+        if e.total <= budget {
+            return Ok(MemoryPlan { shape: *s, estimate: e, budget_mib, rejected });
+        }
+        rejected.push((*s, e.total / MIB));
+    }
+    let last = shapes.last().copied().unwrap_or(Shape {
+        seq_len: 64,
+        micro_batch: 1,
+        grad_accum: 1,
+        recompute: true,
+    });
+    Err(NoFit { budget_mib, need_mib: estimate(inp, &last).total / MIB, seq_len: last.seq_len })
+}
+
+/// The next smaller shape after an out-of-memory error: halve the micro-batch
+/// (doubling accumulation), then turn recomputation on, then halve the
+/// sequence (doubling accumulation again). `None` at the bottom.
+pub fn back_off(s: Shape) -> Option<Shape> {
+    if s.micro_batch > 1 {
+        return Some(Shape { micro_batch: s.micro_batch / 2, grad_accum: s.grad_accum * 2, ..s });
+    }
+    if !s.recompute {
+        return Some(Shape { recompute: true, ..s });
+    }
+    if s.seq_len / 2 >= 32 {
+        return Some(Shape { seq_len: s.seq_len / 2, grad_accum: s.grad_accum * 2, ..s });
+    }
+    None
+}
+
+/// Whether an error message is a device or host allocation failure.
+pub fn is_oom(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory")
+        || m.contains("cuda_error_out_of_memory")
+        || m.contains("memory allocation of")
+}
+
+/// The process's peak resident set (VmHWM) in bytes, Linux only.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|k| k * 1024)
+}
+
+/// The process's current resident set (VmRSS) in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_kib("VmRSS:").map(|k| k * 1024)
+}
+
+fn proc_status_kib(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smol() -> PlanInput {
+        PlanInput {
+            dims: Dims {
+                hidden: 576,
+                intermediate: 1536,
+                layers: 30,
+                heads: 9,
+                kv_heads: 3,
+                head_dim: 64,
+                vocab: 49152,
+            },
+            device: DeviceKind::Cpu,
+            weight_bytes: 98 * MIB,
+            lora_params: 4_884_480,
+            rank: 16,
+            targets_per_block: 7,
+            act_bytes: 4,
+            ce_chunk: 128,
+            host_data_bytes: 8 * MIB,
+        }
+    }
+
+    #[test]
+    fn recompute_and_smaller_batches_shrink_the_estimate() {
+        let inp = smol();
+        let s = Shape { seq_len: 512, micro_batch: 4, grad_accum: 4, recompute: false };
+        let full = estimate(&inp, &s).total;
+        let rc = estimate(&inp, &Shape { recompute: true, ..s }).total;
+        let mb1 = estimate(&inp, &Shape { micro_batch: 1, ..s }).total;
+        assert!(rc < full / 3, "{rc} vs {full}");
+        assert!(mb1 < full / 2);
+    }
+
+    #[test]
+    fn chooses_the_first_shape_that_fits_and_says_why_not_otherwise() {
+        let inp = smol();
+        let shapes = candidates(512, 4, 4, Recompute::Auto);
+        assert_eq!(shapes[0], Shape { seq_len: 512, micro_batch: 4, grad_accum: 4, recompute: false });
+        assert_eq!(shapes[1], Shape { seq_len: 512, micro_batch: 4, grad_accum: 4, recompute: true });
+        assert_eq!(shapes[2], Shape { seq_len: 512, micro_batch: 2, grad_accum: 8, recompute: false });
+        let big = choose(&inp, 1 << 20, &shapes).unwrap();
+        assert_eq!(big.shape, shapes[0]);
+        assert!(big.rejected.is_empty());
+        let need0 = estimate(&inp, &shapes[0]).total / MIB;
+        let tight = choose(&inp, need0 - 1, &shapes).unwrap();
+        assert_ne!(tight.shape, shapes[0]);
+        assert!(tight.estimate.total <= (need0 - 1) * MIB);
+        let e = choose(&inp, 100, &shapes).unwrap_err();
+        assert!(e.to_string().contains("100 MiB"), "{e}");
+    }
+
+    #[test]
+    fn back_off_walks_down_to_nothing() {
+        let mut s = Shape { seq_len: 128, micro_batch: 4, grad_accum: 2, recompute: false };
+        let mut seen = vec![s];
+        while let Some(n) = back_off(s) {
+            assert!(n.micro_batch * n.grad_accum * n.seq_len >= s.micro_batch * s.grad_accum * s.seq_len);
+            s = n;
+            seen.push(s);
+        }
+        assert_eq!(seen[1], Shape { seq_len: 128, micro_batch: 2, grad_accum: 4, recompute: false });
+        assert_eq!(seen[3], Shape { seq_len: 128, micro_batch: 1, grad_accum: 8, recompute: true });
+        assert_eq!(s.seq_len, 32);
+    }
+
+    #[test]
+    fn oom_messages_are_recognized() {
+        assert!(is_oom("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"));
+        assert!(is_oom("memory allocation of 123 bytes failed"));
+        assert!(!is_oom("shape mismatch in matmul"));
+        assert!(peak_rss_bytes().unwrap() >= rss_bytes().unwrap() / 2);
+    }
+}
