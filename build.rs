@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["src/model/cuda_dequant.cu"];
+const KERNELS: &[&str] = &["src/model/cuda_dequant.cu", "src/model/cuda_dropout.cu"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

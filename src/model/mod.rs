@@ -7,6 +7,8 @@ pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda_dequant;
 #[cfg(feature = "cuda")]
+pub mod cuda_dropout;
+#[cfg(feature = "cuda")]
 pub mod cuda_mem;
 pub mod decoder;
 pub mod error;
