@@ -289,6 +289,9 @@ pub struct BenchTrainArgs {
     /// Recompute each block's activations in backward (gradient checkpointing).
     #[arg(long)]
     pub recompute: bool,
+    /// Keep the frozen weights quantized on CPU (no dense training copy).
+    #[arg(long)]
+    pub quantized: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }

@@ -3,8 +3,10 @@
 //! (plain) or scripts (`--json`). Exit statuses are decided in `main.rs`.
 
 mod bench_infer;
+mod bench_train;
 mod model;
 mod status;
+mod train;
 
 use std::path::Path;
 
@@ -49,12 +51,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ingest(_) => Err(NotYet("drop-folder ingestion (warsha ingest)").into()),
         Command::Docs(_) => Err(NotYet("the document list (warsha docs)").into()),
         Command::Ask(_) => Err(NotYet("answering questions (warsha ask)").into()),
-        Command::Train(_) => Err(NotYet("QLoRA training (warsha train)").into()),
+        Command::Train(a) => train::run(&ctx, a),
         Command::Eval(_) => Err(NotYet("the evaluation suite (warsha eval)").into()),
         Command::Adapters(_) => Err(NotYet("the adapter registry (warsha adapters)").into()),
         Command::Model(c) => model::run(&ctx, c),
         Command::Text(_) => Err(NotYet("Arabic text normalization (warsha text)").into()),
         Command::Bench(crate::cli::BenchCommand::Infer(a)) => bench_infer::run(&a),
+        Command::Bench(crate::cli::BenchCommand::Train(a)) => bench_train::run(&ctx, a),
         Command::Bench(_) => Err(NotYet("benchmarks (warsha bench)").into()),
         Command::Demo(_) => Err(NotYet("the demo (warsha demo)").into()),
     }

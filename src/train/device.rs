@@ -6,6 +6,28 @@ use candle_core::{DType, Device};
 
 use super::TrainError;
 
+/// Keep candle's CPU element-wise pool off (one thread) unless the operator
+/// set `CANDLE_NUM_THREADS`: its workers spin-wait at every barrier, and on a
+/// box whose cores are shared (ingest, queries, other processes) the spinning
+/// took four times the CPU of the work itself in our measurements. Matrix
+/// products keep all cores through rayon. Call before the first tensor op.
+pub fn tame_cpu_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// User + system CPU seconds this process has used.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Pick the device for `spec` ("auto", "cpu" or "cuda") and its compute dtype.
 pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
     match spec {

@@ -9,9 +9,11 @@
 
 pub mod checkpoint;
 pub mod dataset;
+pub mod dense;
 pub mod device;
 pub mod optim;
 pub mod plan;
+pub mod round;
 pub mod scaler;
 pub mod schedule;
 pub mod stop;

@@ -50,6 +50,8 @@ pub struct PlanInput {
     pub device: DeviceKind,
     /// Resident bytes of the frozen base (quantized weights and any dense tables).
     pub weight_bytes: u64,
+    /// Bytes of a dense training copy of the projections (CPU only; 0: not offered).
+    pub dense_bytes: u64,
     /// Trainable LoRA parameters (f32).
     pub lora_params: u64,
     /// LoRA rank and the number of adapted projections per block.
@@ -85,6 +87,8 @@ impl Estimate {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryPlan {
     pub shape: Shape,
+    /// Train on a dense copy of the frozen projections (CPU speed trade).
+    pub dense_weights: bool,
     pub estimate: Estimate,
     pub budget_mib: u64,
     /// Shapes tried before this one (they did not fit).
@@ -102,18 +106,25 @@ pub struct NoFit {
     pub seq_len: usize,
 }
 
-/// Activation elements kept per token per block, without recomputation:
-/// hidden-sized tensors (norms, residuals, projections, rotary, attention
-/// output), MLP-sized ones (gate, up, SiLU and product), key/value-sized
-/// ones, and the LoRA bottlenecks.
-const PER_TOKEN_HIDDEN: f64 = 22.0;
-const PER_TOKEN_INTER: f64 = 7.0;
-const PER_TOKEN_KV: f64 = 10.0;
-/// Attention scores kept per token per head: scores, masked, softmax parts.
-const PER_SCORE: f64 = 4.0;
+/// Activation elements alive per token per block at the start of backward
+/// (no recomputation): hidden-sized tensors (norms, residuals, projection
+/// outputs and LoRA deltas, rotary parts, dropout masks), MLP-sized ones
+/// (gate, up, their deltas and masks, SiLU and product), key/value-sized ones,
+/// and the LoRA bottlenecks. Fitted to peak RSS of SmolLM2-135M on CPU at
+/// seq 64/128/256 with and without recomputation (bench/train-cpu.md).
+const PER_TOKEN_HIDDEN: f64 = 48.0;
+const PER_TOKEN_INTER: f64 = 16.0;
+const PER_TOKEN_KV: f64 = 12.0;
+/// Attention score elements per token, head and key: scores, scaled, masked,
+/// the softmax's parts, and their gradients.
+const PER_SCORE: f64 = 10.5;
+/// Logit-sized f32 buffers alive per CE chunk: logits, log-softmax parts, gradients.
+const LOGIT_COPIES: f64 = 7.0;
+/// With recomputation: the replayed block's graph plus its gradients.
+const REPLAY_BLOCKS: f64 = 1.5;
 
 /// Predicted peak memory of one step of `shape`.
-pub fn estimate(inp: &PlanInput, shape: &Shape) -> Estimate {
+pub fn estimate(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     let d = &inp.dims;
     let tokens = (shape.micro_batch * shape.seq_len) as f64;
     let kv = (d.kv_heads * d.head_dim) as f64;
@@ -123,18 +134,19 @@ pub fn estimate(inp: &PlanInput, shape: &Shape) -> Estimate {
         + (inp.rank * inp.targets_per_block) as f64 * 2.0;
     let scores = PER_SCORE * (d.heads * shape.seq_len) as f64;
     let block = tokens * (per_token + scores) * inp.act_bytes as f64;
-    // Backward holds the gradients of the block it is in: about one block more.
+    let inputs = tokens * d.hidden as f64 * inp.act_bytes as f64 * d.layers as f64;
     let acts = if shape.recompute {
-        let inputs = tokens * d.hidden as f64 * inp.act_bytes as f64 * d.layers as f64;
-        inputs + 2.0 * block
+        inputs + REPLAY_BLOCKS * block
     } else {
+        // Every block's graph, and the gradients of the one backward is in.
         block * (d.layers as f64 + 1.0)
     };
-    // Embedding output and final norm (hidden-sized, f32 on the residual path).
-    let acts = acts + 3.0 * tokens * d.hidden as f64 * 4.0;
     let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
-    // Logits chunk in f32, its log-softmax and its gradient.
-    let logits = 3.0 * chunk * d.vocab as f64 * 4.0;
+    let mut logits = LOGIT_COPIES * chunk * d.vocab as f64 * 4.0;
+    if !dense {
+        // The quantized lm_head's backward dequantizes the whole table for a moment.
+        logits += (d.vocab * d.hidden * inp.act_bytes) as f64;
+    }
     // Parameters, summed gradients, one micro-batch's gradients, two moments.
     let lora = inp.lora_params * 4 * 5;
     let runtime = match inp.device {
@@ -146,12 +158,17 @@ pub fn estimate(inp: &PlanInput, shape: &Shape) -> Estimate {
         DeviceKind::Cpu => inp.host_data_bytes,
         DeviceKind::Cuda => 0,
     };
-    // The allocator's caching and fragmentation on top of what is live.
-    let overhead = 1.10;
-    let weights = inp.weight_bytes;
-    let activations = (acts * overhead) as u64;
-    let logits = (logits * overhead) as u64;
-    let total = weights + lora + activations + logits + data + runtime;
+    let weights = inp.weight_bytes + if dense { inp.dense_bytes } else { 0 };
+    let activations = acts as u64;
+    let logits = logits as u64;
+    // With recomputation the cross-entropy chunks and the replayed blocks come
+    // one after the other, so only the larger of the two adds to the block inputs.
+    let dynamic = if shape.recompute {
+        (inputs + (REPLAY_BLOCKS * block).max(logits as f64)) as u64
+    } else {
+        activations + logits
+    };
+    let total = weights + lora + dynamic + data + runtime;
     Estimate { weights, lora, activations, logits, data, runtime, total }
 }
 
@@ -206,16 +223,20 @@ pub fn candidates(seq_len: usize, micro_batch: usize, grad_accum: usize, mode: R
     out
 }
 
-/// The first candidate whose estimate fits `budget_mib`.
+/// The first candidate whose estimate fits `budget_mib`; on CPU each shape is
+/// tried with the dense training copy first (faster), then without.
 pub fn choose(inp: &PlanInput, budget_mib: u64, shapes: &[Shape]) -> Result<MemoryPlan, NoFit> {
     let budget = budget_mib * MIB;
     let mut rejected = Vec::new();
+    let dense_options: &[bool] = if inp.dense_bytes > 0 { &[true, false] } else { &[false] };
     for s in shapes {
-        let e = estimate(inp, s);
-        if e.total <= budget {
-            return Ok(MemoryPlan { shape: *s, estimate: e, budget_mib, rejected });
+        for &dense in dense_options {
+            let e = estimate(inp, s, dense);
+            if e.total <= budget {
+                return Ok(MemoryPlan { shape: *s, dense_weights: dense, estimate: e, budget_mib, rejected });
+            }
         }
-        rejected.push((*s, e.total / MIB));
+        rejected.push((*s, estimate(inp, s, false).total / MIB));
     }
     let last = shapes.last().copied().unwrap_or(Shape {
         seq_len: 64,
@@ -223,7 +244,7 @@ pub fn choose(inp: &PlanInput, budget_mib: u64, shapes: &[Shape]) -> Result<Memo
         grad_accum: 1,
         recompute: true,
     });
-    Err(NoFit { budget_mib, need_mib: estimate(inp, &last).total / MIB, seq_len: last.seq_len })
+    Err(NoFit { budget_mib, need_mib: estimate(inp, &last, false).total / MIB, seq_len: last.seq_len })
 }
 
 /// The next smaller shape after an out-of-memory error: halve the micro-batch
@@ -283,6 +304,7 @@ mod tests {
             },
             device: DeviceKind::Cpu,
             weight_bytes: 98 * MIB,
+            dense_bytes: 0,
             lora_params: 4_884_480,
             rank: 16,
             targets_per_block: 7,
@@ -296,9 +318,9 @@ mod tests {
     fn recompute_and_smaller_batches_shrink_the_estimate() {
         let inp = smol();
         let s = Shape { seq_len: 512, micro_batch: 4, grad_accum: 4, recompute: false };
-        let full = estimate(&inp, &s).total;
-        let rc = estimate(&inp, &Shape { recompute: true, ..s }).total;
-        let mb1 = estimate(&inp, &Shape { micro_batch: 1, ..s }).total;
+        let full = estimate(&inp, &s, false).total;
+        let rc = estimate(&inp, &Shape { recompute: true, ..s }, false).total;
+        let mb1 = estimate(&inp, &Shape { micro_batch: 1, ..s }, false).total;
         assert!(rc < full / 3, "{rc} vs {full}");
         assert!(mb1 < full / 2);
     }
@@ -313,7 +335,7 @@ mod tests {
         let big = choose(&inp, 1 << 20, &shapes).unwrap();
         assert_eq!(big.shape, shapes[0]);
         assert!(big.rejected.is_empty());
-        let need0 = estimate(&inp, &shapes[0]).total / MIB;
+        let need0 = estimate(&inp, &shapes[0], false).total / MIB;
         let tight = choose(&inp, need0 - 1, &shapes).unwrap();
         assert_ne!(tight.shape, shapes[0]);
         assert!(tight.estimate.total <= (need0 - 1) * MIB);

@@ -1,0 +1,138 @@
+//! `warsha bench train`: training throughput (forward + backward + optimizer,
+//! positions per second) and peak memory on a fixed synthetic batch, with the
+//! memory planner's prediction beside the measurement.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::BenchTrainArgs;
+use crate::model::{Adapter, Base, LoadOptions, LoraConfig, ModelConfig, QuantKind, Target};
+use crate::train::checkpoint::Shape;
+use crate::train::dataset::{self, Sample, SplitMix64};
+use crate::train::device;
+use crate::train::optim::AdamWParams;
+use crate::train::plan;
+use crate::train::round;
+use crate::train::scaler::LossScaler;
+use crate::train::schedule::Schedule;
+use crate::train::trainer::Trainer;
+
+pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
+    let cfg = &ctx.config;
+    device::tame_cpu_threads();
+    let (dev, dtype) = device::select(&a.device)?;
+    let quant: QuantKind = cfg.model.quant.parse()?;
+    let opts = LoadOptions { device: dev.clone(), dtype, quant };
+    let t_load = Instant::now();
+    let (base, label) = match (&a.model, &a.shape) {
+        (Some(p), None) => (
+            Base::load(p, &opts).with_context(|| format!("loading {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        (None, Some(name)) => {
+            let mc = ModelConfig::from_shape_name(name).with_context(|| {
+                format!(
+                    "unknown shape {name:?} (qwen2-1.5b, qwen2.5-0.5b, smollm2-135m, tiny-qwen2, tiny-llama)"
+                )
+            })?;
+            (Base::random(&mc, quant, 7, &opts)?, format!("random {name}"))
+        }
+        _ => bail!("give exactly one of --model PATH or --shape NAME"),
+    };
+    let dense = dev.is_cpu() && !a.quantized;
+    let dense_base = if dense { Some(crate::train::dense::densify(&base)?) } else { None };
+    let load_secs = t_load.elapsed().as_secs_f64();
+    let targets = a.targets.split(',').map(|t| t.trim().parse::<Target>()).collect::<Result<Vec<_>, _>>()?;
+    let lora = LoraConfig { rank: a.rank, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, targets };
+    let seq = a.seq.min(base.config.max_position);
+    let shape = Shape { seq_len: seq, micro_batch: 1, grad_accum: 1, recompute: a.recompute };
+
+    // One fixed row of random ids, every position a counted target.
+    let mut rng = SplitMix64::new(11);
+    let vocab = base.config.vocab_size as u64;
+    let ids: Vec<u32> = (0..=seq).map(|_| rng.below(vocab) as u32).collect();
+    let rows = dataset::pack(&[Sample::causal(ids)], seq);
+    let mut stream = dataset::RowStream::new(rows, Vec::new(), 1);
+
+    // The quantized base stays loaded beside its dense copy, as in the service.
+    let inp = round::plan_input(&base, &lora, 0);
+    let base = dense_base.as_ref().unwrap_or(&base);
+    let predicted = plan::estimate(&inp, &shape, dense);
+    let adapter = Adapter::new(&base.config, &lora, 5, &dev)?;
+    let scaler = if dtype == DType::F16 { LossScaler::dynamic() } else { LossScaler::disabled() };
+    let steps = a.steps.max(1);
+    let mut tr = Trainer::new(
+        base,
+        &adapter,
+        shape,
+        Schedule::new(1e-4, 0, steps + 1),
+        scaler,
+        AdamWParams::default(),
+        1.0,
+        5,
+    )?;
+    // The first step allocates and warms caches; it is reported, not timed.
+    let warm = tr.step(&mut stream)?;
+    let mut secs = Vec::with_capacity(steps);
+    let mut last = warm.clone();
+    let mut device_peak = warm.peak_mem_bytes;
+    let t0 = Instant::now();
+    let cpu0 = device::cpu_seconds();
+    for _ in 0..steps {
+        last = tr.step(&mut stream)?;
+        secs.push(last.secs);
+        device_peak = device_peak.max(last.peak_mem_bytes);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let cpu = device::cpu_seconds() - cpu0;
+    let tokens_per_s = (steps * seq) as f64 / total;
+    let peak_rss = plan::peak_rss_bytes();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let measured = if dev.is_cpu() { peak_rss } else { device_peak };
+    let v = json!({
+        "model": label,
+        "device": device::name(&dev),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "seq": seq,
+        "rank": a.rank,
+        "targets": a.targets,
+        "recompute": a.recompute,
+        "dense_weights": dense,
+        "steps": steps,
+        "load_secs": load_secs,
+        "warmup_step_secs": warm.secs,
+        "step_secs": secs,
+        "tokens_per_s": tokens_per_s,
+        "cpu_secs": cpu,
+        "tokens_per_cpu_s": (steps * seq) as f64 / cpu.max(1e-9),
+        "loss_first": warm.loss,
+        "loss_last": last.loss,
+        "lora_params": inp.lora_params,
+        "weight_mib": mib(inp.weight_bytes),
+        "peak_rss_mib": peak_rss.map(mib),
+        "peak_device_mib": if dev.is_cpu() { None } else { device_peak.map(mib) },
+        "predicted_peak_mib": predicted.total_mib(),
+        "predicted": predicted,
+        "predicted_over_measured": measured.map(|m| predicted.total as f64 / m as f64),
+    });
+    if a.out.json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("model           {label} on {} ({:?})", device::name(&dev), dtype);
+    println!("setting         seq {seq}, r={}, targets {}, recompute {}", a.rank, a.targets, a.recompute);
+    println!("throughput      {tokens_per_s:.1} tokens/s (forward+backward+optimizer, {steps} steps)");
+    if let Some(p) = peak_rss {
+        println!("peak RSS        {:.0} MiB", mib(p));
+    }
+    if let (false, Some(p)) = (dev.is_cpu(), device_peak) {
+        println!("device memory   {:.0} MiB (sampled after each step, context included)", mib(p));
+    }
+    println!("planner         {:.0} MiB predicted", predicted.total_mib());
+    println!("loss            {:.4} -> {:.4}", warm.loss, last.loss);
+    Ok(())
+}
