@@ -36,6 +36,7 @@ describe() {
     r16-all-1024) echo "16 all 1024 1 bf16" ;;
     r16-all-2048) echo "16 all 2048 1 bf16" ;;
     r16-all-512-norecompute) echo "16 all 512 0 bf16" ;;
+    r16-all-512-q4k) echo "16 all 512 1 bf16 q4k" ;;
     *) echo "" ;;
   esac
 }
@@ -50,24 +51,28 @@ if [ -f "$dir/warsha.gz" ] && [ ! -x "$dir/warsha" ]; then
 fi
 
 run_ours() {
-  local s="$1" rank targets seq rec dtype
-  read -r rank targets seq rec dtype <<<"$(describe "$s")"
+  local s="$1" rank targets seq rec dtype quant
+  read -r rank targets seq rec dtype quant <<<"$(describe "$s")"
+  quant="${quant:-nf4}"
+  # The compute dtype follows the card (bf16 from compute 8.0 up); there is no f16 switch.
+  [ "$dtype" = fp16 ] && { echo "-- warsha $s: skipped (f16 is chosen by the card, not a flag)" | tee -a "$log"; return; }
+  printf '[model]\nquant = "%s"\n' "$quant" >"/tmp/warsha-$quant.toml"
   local t="q,k,v,o,gate,up,down"
   [ "$targets" = qkvo ] && t="q,k,v,o"
   local args=(bench train --device cuda --shape qwen2-1.5b --seq "$seq" --rank "$rank" --targets "$t"
     --steps "$steps" --json)
   [ "$rec" = 1 ] && args+=(--recompute)
-  [ "$dtype" = fp16 ] && args+=(--dtype f16)
   [ -n "${OURS_EXTRA:-}" ] && args+=(${OURS_EXTRA})
   echo "-- warsha $s: ${args[*]}" | tee -a "$log"
   python3 "$dir/peak_mem.py" --out "$runs" \
-    --tag "{\"tool\": \"warsha\", \"setting\": \"$s\", \"seq\": $seq, \"rank\": $rank, \"targets\": \"$targets\", \"recompute\": $([ "$rec" = 1 ] && echo true || echo false), \"dtype\": \"$dtype\"}" \
-    -- "$dir/warsha" "${args[@]}" 2>>"$log" | tee -a "$log"
+    --tag "{\"tool\": \"warsha\", \"setting\": \"$s\", \"seq\": $seq, \"rank\": $rank, \"targets\": \"$targets\", \"recompute\": $([ "$rec" = 1 ] && echo true || echo false), \"quant\": \"$quant\"}" \
+    -- env WARSHA_CONFIG="/tmp/warsha-$quant.toml" WARSHA_DATA_DIR=/tmp/warsha-data "$dir/warsha" "${args[@]}" 2>>"$log" | tee -a "$log"
 }
 
 run_peer() {
-  local s="$1" rank targets seq rec dtype
-  read -r rank targets seq rec dtype <<<"$(describe "$s")"
+  local s="$1" rank targets seq rec dtype quant
+  read -r rank targets seq rec dtype quant <<<"$(describe "$s")"
+  [ -n "$quant" ] && return
   echo "-- peft+bnb $s" | tee -a "$log"
   python3 "$dir/peak_mem.py" --out "$runs" --tag "{\"tool\": \"peft+bnb\", \"setting\": \"$s\"}" \
     -- python3 "$dir/peft_bnb_train.py" train /tmp/qwen2-1.5b-random --setting "$s" --seq "$seq" \

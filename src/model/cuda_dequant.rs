@@ -276,21 +276,27 @@ mod tests {
     }
 
     #[test]
-    fn nf4_kernel_matches_cpu_dequantization_bit_for_bit() {
+    fn nf4_kernel_matches_cpu_dequantization() {
         let Some(dev) = cuda() else { return };
         // 96 x 4160: 6240 blocks, the last scale group partial; rows not a multiple of 256.
         let w = gaussian((96, 4160), &Device::Cpu);
         let cpu = Nf4Tensor::quantize(&w, &Device::Cpu).unwrap();
         let reference = cpu.dequantize(DType::F32).unwrap();
         let gpu = FrozenWeight::Nf4(Nf4Tensor::quantize(&w, &dev).unwrap());
+        // The device may fuse the scale's multiply-add (one rounding instead of two): allow
+        // one f32 ulp of the largest weight, nothing more.
+        let ulp = 2e-7 * reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let full = weight_rows(&gpu, 0..96, DType::F32).unwrap().unwrap();
-        assert_eq!(max_abs_diff(&full, &reference), 0.0);
+        assert!(max_abs_diff(&full, &reference) <= ulp);
         let part = weight_rows(&gpu, 8..40, DType::F32).unwrap().unwrap();
-        assert_eq!(max_abs_diff(&part, &reference.narrow(0, 8, 32).unwrap()), 0.0);
+        assert!(max_abs_diff(&part, &reference.narrow(0, 8, 32).unwrap()) <= ulp);
         for dt in [DType::BF16, DType::F16] {
             let d = weight_rows(&gpu, 0..96, dt).unwrap().unwrap();
             assert_eq!(d.dtype(), dt);
-            assert_eq!(max_abs_diff(&d, &reference.to_dtype(dt).unwrap()), 0.0, "{dt:?}");
+            // Rounded once to the narrow type: within half of its ulp (2^-8 bf16, 2^-11 f16).
+            let rel = if dt == DType::BF16 { 4e-3 } else { 5e-4 };
+            let r = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_abs_diff(&d, &reference) <= rel * r, "{dt:?}");
         }
     }
 
