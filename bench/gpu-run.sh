@@ -16,6 +16,8 @@ out="${OUT:-/tmp/warsha-bench}"
 mkdir -p "$out"
 steps="${STEPS:-20}"
 warmup="${WARMUP:-3}"
+# Wall-clock cap per run, so one slow setting cannot eat the others' time.
+run_timeout="${RUN_TIMEOUT:-150}"
 export PYTHONPATH="$dir/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -66,7 +68,7 @@ run_ours() {
   echo "-- warsha $s: ${args[*]}" | tee -a "$log"
   python3 "$dir/peak_mem.py" --out "$runs" \
     --tag "{\"tool\": \"warsha\", \"setting\": \"$s\", \"seq\": $seq, \"rank\": $rank, \"targets\": \"$targets\", \"recompute\": $([ "$rec" = 1 ] && echo true || echo false), \"quant\": \"$quant\"}" \
-    -- env WARSHA_CONFIG="/tmp/warsha-$quant.toml" WARSHA_DATA_DIR=/tmp/warsha-data "$dir/warsha" "${args[@]}" 2>>"$log" | tee -a "$log"
+    -- timeout "$run_timeout" env WARSHA_CONFIG="/tmp/warsha-$quant.toml" WARSHA_DATA_DIR=/tmp/warsha-data "$dir/warsha" "${args[@]}" 2>>"$log" | tee -a "$log"
 }
 
 run_peer() {
@@ -75,7 +77,7 @@ run_peer() {
   [ -n "$quant" ] && return
   echo "-- peft+bnb $s" | tee -a "$log"
   python3 "$dir/peak_mem.py" --out "$runs" --tag "{\"tool\": \"peft+bnb\", \"setting\": \"$s\"}" \
-    -- python3 "$dir/peft_bnb_train.py" train /tmp/qwen2-1.5b-random --setting "$s" --seq "$seq" \
+    -- timeout "$run_timeout" python3 "$dir/peft_bnb_train.py" train /tmp/qwen2-1.5b-random --setting "$s" --seq "$seq" \
     --rank "$rank" --targets "$targets" --ckpt "$rec" --dtype "$dtype" --warmup "$warmup" --steps "$steps" \
     2>>"$log" | tee -a "$log"
 }
