@@ -16,10 +16,13 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".to_string());
     // PTX for the lowest capability asked for runs on every newer card (the driver compiles it).
-    let cap = std::env::var("CUDA_COMPUTE_CAP").ok().and_then(|c| c.trim().parse::<u32>().ok()).unwrap_or_else(|| {
-        println!("cargo::warning=CUDA_COMPUTE_CAP not set: building the crate's kernels for compute 7.5");
-        75
-    });
+    let cap = std::env::var("CUDA_COMPUTE_CAP")
+        .ok()
+        .and_then(|c| c.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| {
+            println!("cargo::warning=CUDA_COMPUTE_CAP not set: building the crate's kernels for compute 7.5");
+            75
+        });
     for src in KERNELS {
         println!("cargo::rerun-if-changed={src}");
         let stem = PathBuf::from(src).file_stem().and_then(|s| s.to_str()).unwrap_or("kernel").to_string();

@@ -77,6 +77,9 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         1.0,
         5,
     )?;
+    if let Some(c) = a.ce_chunk {
+        tr.ce_chunk = c.max(1);
+    }
     // The first step allocates and warms caches; it is reported, not timed.
     let warm = tr.step(&mut stream)?;
     let mut secs = Vec::with_capacity(steps);
@@ -104,6 +107,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         "rank": a.rank,
         "targets": a.targets,
         "recompute": a.recompute,
+        "ce_chunk": tr.ce_chunk,
         "dense_weights": dense,
         "steps": steps,
         "load_secs": load_secs,

@@ -72,7 +72,9 @@ mod tests {
         let a = mask(&dev, (512, 8960), 42, 0.95).unwrap();
         let b = mask(&dev, (512, 8960), 42, 0.95).unwrap();
         let c = mask(&dev, (512, 8960), 43, 0.95).unwrap();
-        let diff = |x: &Tensor, y: &Tensor| (x - y).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        };
         assert_eq!(diff(&a, &b), 0.0, "same seed, same mask");
         assert!(diff(&a, &c) > 0.0, "another seed, another mask");
         let v = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();

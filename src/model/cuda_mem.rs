@@ -59,7 +59,8 @@ impl Nvml {
             let init: NvmlInit = std::mem::transmute(sym(c"nvmlInit_v2")?);
             let count: NvmlDeviceCount = std::mem::transmute(sym(c"nvmlDeviceGetCount_v2")?);
             let by_index: NvmlHandleByIndex = std::mem::transmute(sym(c"nvmlDeviceGetHandleByIndex_v2")?);
-            let processes: NvmlProcesses = std::mem::transmute(sym(c"nvmlDeviceGetComputeRunningProcesses_v3")?);
+            let processes: NvmlProcesses =
+                std::mem::transmute(sym(c"nvmlDeviceGetComputeRunningProcesses_v3")?);
             if init() != 0 {
                 return None;
             }
@@ -135,7 +136,8 @@ impl PeakSampler {
     /// Starts sampling every `interval` for the device `dev`.
     pub fn start(dev: &CudaDevice, interval: Duration) -> candle_core::Result<Self> {
         let ctx = dev.cuda_stream().context().clone();
-        let (free, total) = ctx.mem_get_info().map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))?;
+        let (free, total) =
+            ctx.mem_get_info().map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))?;
         let start_used = (total - free) as u64;
         let stop = Arc::new(AtomicBool::new(false));
         let process_peak = Arc::new(AtomicU64::new(0));
@@ -191,5 +193,8 @@ impl Drop for PeakSampler {
 
 /// Free and total bytes of the device, as `cuMemGetInfo` reports them.
 pub fn mem_info(dev: &CudaDevice) -> candle_core::Result<(usize, usize)> {
-    dev.cuda_stream().context().mem_get_info().map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
+    dev.cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
 }
