@@ -306,6 +306,9 @@ pub struct BenchTrainArgs {
     /// Keep the frozen weights quantized on CPU (no dense training copy).
     #[arg(long)]
     pub quantized: bool,
+    /// Positions per lm_head + cross-entropy chunk (default: the trainer's, 128).
+    #[arg(long)]
+    pub ce_chunk: Option<usize>,
     #[command(flatten)]
     pub out: JsonFlag,
 }

@@ -25,6 +25,8 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let cfg = &ctx.config;
     device::tame_cpu_threads();
     let (dev, dtype) = device::select(&a.device)?;
+    // Polls this process's device memory (context included) through load, warm-up and steps.
+    let sampler = start_device_sampler(&dev);
     let quant: QuantKind = cfg.model.quant.parse()?;
     let opts = LoadOptions { device: dev.clone(), dtype, quant };
     let t_load = Instant::now();
@@ -75,6 +77,9 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         1.0,
         5,
     )?;
+    if let Some(c) = a.ce_chunk {
+        tr.ce_chunk = c.max(1);
+    }
     // The first step allocates and warms caches; it is reported, not timed.
     let warm = tr.step(&mut stream)?;
     let mut secs = Vec::with_capacity(steps);
@@ -88,6 +93,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         device_peak = device_peak.max(last.peak_mem_bytes);
     }
     let total = t0.elapsed().as_secs_f64();
+    let sampled_peak_mib = finish_device_sampler(sampler);
     let cpu = device::cpu_seconds() - cpu0;
     let tokens_per_s = (steps * seq) as f64 / total;
     let peak_rss = plan::peak_rss_bytes();
@@ -101,6 +107,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         "rank": a.rank,
         "targets": a.targets,
         "recompute": a.recompute,
+        "ce_chunk": tr.ce_chunk,
         "dense_weights": dense,
         "steps": steps,
         "load_secs": load_secs,
@@ -114,7 +121,9 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         "lora_params": inp.lora_params,
         "weight_mib": mib(inp.weight_bytes),
         "peak_rss_mib": peak_rss.map(mib),
-        "peak_device_mib": if dev.is_cpu() { None } else { device_peak.map(mib) },
+        "peak_device_mib": if dev.is_cpu() { None } else { sampled_peak_mib.or(device_peak.map(mib)) },
+        "peak_device_method": sampled_peak_mib.map(|_| "driver per-process figure (NVML), polled every 5 ms"),
+        "device_used_after_steps_mib": if dev.is_cpu() { None } else { device_peak.map(mib) },
         "predicted_peak_mib": predicted.total_mib(),
         "predicted": predicted,
         "predicted_over_measured": measured.map(|m| predicted.total as f64 / m as f64),
@@ -129,10 +138,37 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     if let Some(p) = peak_rss {
         println!("peak RSS        {:.0} MiB", mib(p));
     }
-    if let (false, Some(p)) = (dev.is_cpu(), device_peak) {
+    if let Some(p) = sampled_peak_mib {
+        println!("device memory   {p:.0} MiB peak (this process, context included)");
+    } else if let (false, Some(p)) = (dev.is_cpu(), device_peak) {
         println!("device memory   {:.0} MiB (sampled after each step, context included)", mib(p));
     }
     println!("planner         {:.0} MiB predicted", predicted.total_mib());
     println!("loss            {:.4} -> {:.4}", warm.loss, last.loss);
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn start_device_sampler(dev: &candle_core::Device) -> Option<crate::model::cuda_mem::PeakSampler> {
+    match dev {
+        candle_core::Device::Cuda(c) => {
+            crate::model::cuda_mem::PeakSampler::start(c, std::time::Duration::from_millis(5)).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn finish_device_sampler(s: Option<crate::model::cuda_mem::PeakSampler>) -> Option<f64> {
+    s.map(|s| s.finish().best_mib())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn start_device_sampler(_dev: &candle_core::Device) -> Option<()> {
+    None
+}
+
+#[cfg(not(feature = "cuda"))]
+fn finish_device_sampler(_s: Option<()>) -> Option<f64> {
+    None
 }

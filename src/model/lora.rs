@@ -201,11 +201,16 @@ impl Adapter {
         if let (Some(step), true) = (dropout_step, self.lora.dropout > 0.0) {
             let keep = 1.0 - self.lora.dropout;
             let seed = mix(self.seed ^ mix(step.wrapping_mul(0x1_0000) + (layer * 8 + t.index()) as u64));
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let inv = (1.0 / keep) as f32;
-            let m: Vec<f32> =
-                (0..rows * inp).map(|_| if rng.random::<f64>() < keep { inv } else { 0.0 }).collect();
-            let m = Tensor::from_vec(m, (rows, inp), x.device())?;
+            let m = match device_mask(x.device(), (rows, inp), seed, keep)? {
+                Some(m) => m,
+                None => {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                    let inv = (1.0 / keep) as f32;
+                    let m: Vec<f32> =
+                        (0..rows * inp).map(|_| if rng.random::<f64>() < keep { inv } else { 0.0 }).collect();
+                    Tensor::from_vec(m, (rows, inp), x.device())?
+                }
+            };
             xf = (xf * m)?;
         }
         let h = xf.matmul(&p.a.as_tensor().t()?)?;
@@ -272,6 +277,20 @@ impl Adapter {
         }
         Ok(ad)
     }
+}
+
+/// A dropout mask drawn on the device where one can be (CUDA); None means draw it on the host.
+#[cfg(feature = "cuda")]
+fn device_mask(dev: &Device, shape: (usize, usize), seed: u64, keep: f64) -> Result<Option<Tensor>> {
+    if dev.is_cuda() {
+        return Ok(Some(super::cuda_dropout::mask(dev, shape, seed, keep)?));
+    }
+    Ok(None)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_mask(_dev: &Device, _shape: (usize, usize), _seed: u64, _keep: f64) -> Result<Option<Tensor>> {
+    Ok(None)
 }
 
 #[cfg(test)]

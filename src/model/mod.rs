@@ -4,6 +4,12 @@
 
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_dequant;
+#[cfg(feature = "cuda")]
+pub mod cuda_dropout;
+#[cfg(feature = "cuda")]
+pub mod cuda_mem;
 pub mod decoder;
 pub mod error;
 pub mod fetch;

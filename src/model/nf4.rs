@@ -110,6 +110,12 @@ impl Nf4Tensor {
         (self.rows, self.cols)
     }
 
+    /// The stored parts: packed nibbles, absmax codes, group scales and the scale offset.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &Tensor, f32) {
+        (&self.packed, &self.absmax_codes, &self.group_scales, self.offset)
+    }
+
     pub fn device(&self) -> &Device {
         self.packed.device()
     }

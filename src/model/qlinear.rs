@@ -54,6 +54,10 @@ impl FrozenWeight {
 
     /// The dense matrix, on the weight's device, in `dtype`.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(w) = super::cuda_dequant::weight_rows(self, 0..self.dims().0, dtype)? {
+            return Ok(w);
+        }
         Ok(match self {
             FrozenWeight::Ggml(q) => {
                 let dev = q.device();
@@ -152,6 +156,12 @@ impl CustomOp1 for FrozenMatMul {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if grad.device().is_cuda() {
+            if let Some(gx) = super::cuda_dequant::input_grad(&self.0, grad)? {
+                return Ok(Some(gx.reshape(arg.shape())?));
+            }
+        }
         let (n, k) = self.0.dims();
         let m = grad.elem_count() / n;
         let g2 = grad.reshape((m, n))?;
