@@ -56,19 +56,19 @@ macro_rules! launch_into {
     ($dev:expr, $dtype:expr, $n:expr, $func:expr, $cfg:expr, |$b:ident| $push:block) => {{
         let dev: &CudaDevice = $dev;
         macro_rules! go {
-                ($t:ty) => {{
-                    // SAFETY: the kernel writes all `n` elements before anything reads them.
-                    let mut out: CudaSlice<$t> = unsafe { dev.alloc::<$t>($n)? };
-                    {
-                        let mut $b = $func.builder();
-                        $push
-                        $b.arg(&mut out);
-                        // SAFETY: argument order and types match the kernel's signature in the .cu file.
-                        unsafe { $b.launch($cfg) }.map_err(err)?;
-                    }
-                    CudaStorage::wrap_cuda_slice(out, dev.clone())
-                }};
-            }
+                    ($t:ty) => {{
+                        // SAFETY: the kernel writes all `n` elements before anything reads them.
+                        let mut out: CudaSlice<$t> = unsafe { dev.alloc::<$t>($n)? };
+                        {
+                            let mut $b = $func.builder();
+                            $push
+                            $b.arg(&mut out);
+                            // SAFETY: argument order and types match the kernel's signature in the .cu file.
+                            unsafe { $b.launch($cfg) }.map_err(err)?;
+                        }
+                        CudaStorage::wrap_cuda_slice(out, dev.clone())
+                    }};
+                }
         match $dtype {
             DType::F32 => go!(f32),
             DType::F16 => go!(half::f16),
