@@ -274,7 +274,14 @@ fn score_items(
         let first = seqs.len();
         if item.task == Task::Choice {
             for c in &item.choices {
-                seqs.push(chat_seq(tok, sys, question, c, &item.id)?);
+                // An option is judged by its own tokens: the end-of-turn
+                // marker's probability says how willing the model is to stop
+                // talking, not whether the option is right.
+                let mut seq = chat_seq(tok, sys, question, c, &item.id)?;
+                for (scored, id) in seq.scored.iter_mut().zip(&seq.ids) {
+                    *scored = *scored && !tok.is_special(*id);
+                }
+                seqs.push(seq);
             }
         } else {
             seqs.push(chat_seq(tok, sys, question, &item.answer, &item.id)?);
