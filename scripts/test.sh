@@ -5,5 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WARSHA_TEST_GGUF="$(bash scripts/fetch-test-model.sh)"
 export WARSHA_TEST_GGUF
-export WARSHA_REQUIRE_TEST_MODEL=1
-cargo test --release "$@"
+cargo test --release --no-fail-fast "$@"
