@@ -8,9 +8,6 @@ use anyhow::{Context, Result};
 use super::Ctx;
 use crate::answer::{Answerer, Origin};
 use crate::cli::AskArgs;
-use crate::model::tokenizer::Tok;
-use crate::model::{Base, LoadOptions, QuantKind};
-use crate::train::device;
 
 pub fn run(ctx: &Ctx, args: &AskArgs) -> Result<()> {
     let model_path = ctx
@@ -19,12 +16,7 @@ pub fn run(ctx: &Ctx, args: &AskArgs) -> Result<()> {
         .context("no base model configured: set [model] path (a .gguf file or a safetensors directory)")?;
     let _lock = ctx.data.lock()?;
     let mut store = ctx.open_store()?;
-    device::tame_cpu_threads();
-    let (dev, dtype) = device::select(&ctx.config.model.device)?;
-    let quant: QuantKind = ctx.config.model.quant.parse()?;
-    let base = Base::load(&model_path, &LoadOptions { device: dev, dtype, quant })
-        .with_context(|| format!("loading {}", model_path.display()))?;
-    let tok = Tok::for_model(&model_path)?;
+    let (base, tok) = ctx.load_base(&model_path)?;
     let active = store.active_adapter()?;
     let adapter = match &active {
         Some(row) => Some((row.id, crate::adapters::load_adapter(&ctx.data.root().join(&row.path), &base)?)),

@@ -22,11 +22,11 @@ use crate::eval::inputs::EvalInputs;
 use crate::eval::suite::SuiteOptions;
 use crate::model::fetch;
 use crate::model::tokenizer::Tok;
-use crate::model::{Adapter, Base, LoadOptions, QuantKind};
+use crate::model::{Adapter, Base};
 use crate::store::Level;
+use crate::train::install_stop_signals;
 use crate::train::round::{self, RoundInputs, RoundOutcome};
 use crate::train::stop::StopWhen;
-use crate::train::{device, install_stop_signals};
 
 /// The demo's model: small enough to train on two CPU cores in minutes.
 const DEMO_MODEL: &str = "smollm2-135m";
@@ -89,12 +89,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
 
     // 3. Load the base once; train a round.
     let model_path = PathBuf::from(&ctx.config.model.path);
-    device::tame_cpu_threads();
-    let (dev, dtype) = device::select(&ctx.config.model.device)?;
-    let quant: QuantKind = ctx.config.model.quant.parse()?;
-    let base = Base::load(&model_path, &LoadOptions { device: dev, dtype, quant })
-        .with_context(|| format!("loading {}", model_path.display()))?;
-    let tok = Tok::for_model(&model_path)?;
+    let (base, tok) = ctx.load_base(&model_path)?;
     say(&format!(
         "[3/6] training a LoRA adapter (r={}, {} steps, seq {})",
         ctx.config.lora.rank, ctx.config.train.max_steps, ctx.config.train.seq_len

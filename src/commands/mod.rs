@@ -42,6 +42,20 @@ impl Ctx {
         Ok(Self { config, data })
     }
 
+    /// Load the frozen base model and its tokenizer on the configured device
+    /// (`[model] device`, `[model] quant`), once per process.
+    pub fn load_base(&self, path: &Path) -> Result<(crate::model::Base, crate::model::tokenizer::Tok)> {
+        use anyhow::Context as _;
+        crate::train::device::tame_cpu_threads();
+        let (device, dtype) = crate::train::device::select(&self.config.model.device)?;
+        let quant: crate::model::QuantKind = self.config.model.quant.parse()?;
+        let base = crate::model::Base::load(path, &crate::model::LoadOptions { device, dtype, quant })
+            .with_context(|| format!("loading {}", path.display()))?;
+        let tok = crate::model::tokenizer::Tok::for_model(path)
+            .with_context(|| format!("tokenizer of {}", path.display()))?;
+        Ok((base, tok))
+    }
+
     /// Create the data dir if needed and open its database read-write.
     pub fn open_store(&self) -> Result<Store> {
         self.data.create()?;

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::Ctx;
 use crate::cli::TrainArgs;
 use crate::model::tokenizer::Tok;
-use crate::model::{Base, LoadOptions, QuantKind};
+use crate::model::Base;
 use crate::train::round::{self, RoundInputs, RoundStatus};
 use crate::train::stop::StopWhen;
 use crate::train::{device, install_stop_signals, window_deadline, LocalTime};
@@ -26,14 +26,8 @@ pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
     }
     ctx.data.create()?;
     let _lock = ctx.data.lock()?;
-    device::tame_cpu_threads();
     let mut store = ctx.open_store()?;
-    let (dev, dtype) = device::select(&cfg.model.device)?;
-    let quant: QuantKind = cfg.model.quant.parse()?;
-    let base = Base::load(&model_path, &LoadOptions { device: dev, dtype, quant })
-        .with_context(|| format!("loading {}", model_path.display()))?;
-    let tok =
-        Tok::for_model(&model_path).with_context(|| format!("tokenizer of {}", model_path.display()))?;
+    let (base, tok) = ctx.load_base(&model_path)?;
 
     if args.plan {
         return print_plan(ctx, &base, &tok, &mut store, args.out.json);
