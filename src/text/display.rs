@@ -64,7 +64,9 @@ fn push_reversed(run: &str, out: &mut String) {
     }
 }
 
-fn mirror(c: char) -> char {
+/// The bracket a right-to-left run shows in place of `c` (UAX #9 mirroring
+/// for the pairs Arabic text uses).
+pub fn mirror(c: char) -> char {
     match c {
         '(' => ')',
         ')' => '(',

@@ -10,6 +10,7 @@ pub mod chars;
 pub mod decode;
 mod dialect;
 mod display;
+pub use display::mirror;
 pub mod normalize;
 pub mod perturb;
 mod shape;

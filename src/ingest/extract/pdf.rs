@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use super::{train_text, Extracted};
 use crate::ingest::reason::Reject;
+use crate::text::mirror;
 
 pub fn extract(path: &Path) -> Result<Extracted, Reject> {
     let out = Command::new("pdftotext")
@@ -163,22 +164,6 @@ fn to_logical(line: &str) -> String {
 
 fn is_ltr(c: char) -> bool {
     c.is_ascii_alphanumeric() || (c.is_alphabetic() && !is_arabic(c))
-}
-
-fn mirror(c: char) -> char {
-    match c {
-        '(' => ')',
-        ')' => '(',
-        '[' => ']',
-        ']' => '[',
-        '{' => '}',
-        '}' => '{',
-        '<' => '>',
-        '>' => '<',
-        '«' => '»',
-        '»' => '«',
-        _ => c,
-    }
 }
 
 #[cfg(test)]
