@@ -168,13 +168,13 @@ impl ModelConfig {
             key: key.to_string(),
             reason,
         };
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_kv_heads",
                 format!("{} heads not divisible by {} kv heads", self.num_heads, self.num_kv_heads),
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return Err(bad("head_dim", format!("{} is not a positive even number", self.head_dim)));
         }
         if self.hidden_size == 0 || self.num_layers == 0 || self.vocab_size == 0 {

@@ -207,6 +207,27 @@ impl Base {
         Ok(e.to_dtype(self.dtype)?)
     }
 
+    /// Projections of one input (q/k/v, or gate/up) for inference, the base products
+    /// computed as one job, each with the adapter's delta added when present.
+    fn projs<const N: usize>(
+        &self,
+        li: usize,
+        ts: [Target; N],
+        x: &Tensor,
+        adapter: Option<&Adapter>,
+    ) -> Result<[Tensor; N]> {
+        let lins = ts.map(|t| self.layers[li].proj(t));
+        let ys = FrozenLinear::forward_group(&lins, x)?;
+        let mut out = Vec::with_capacity(N);
+        for (y, t) in ys.into_iter().zip(ts) {
+            out.push(match adapter.map(|a| a.delta(li, t, x, None)).transpose()?.flatten() {
+                Some(d) => (y + d)?,
+                None => y,
+            });
+        }
+        out.try_into().map_err(|_| ModelError::Input("projection count".into()))
+    }
+
     /// A projection with the adapter's delta added when present.
     pub(crate) fn proj(
         &self,
@@ -278,9 +299,7 @@ impl Base {
         let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let x = candle_nn::ops::rms_norm(h, &layer.attn_norm, c.rms_eps as f32)?;
-        let q = self.proj(li, Target::Q, &x, adapter, None)?;
-        let k = self.proj(li, Target::K, &x, adapter, None)?;
-        let v = self.proj(li, Target::V, &x, adapter, None)?;
+        let [q, k, v] = self.projs(li, [Target::Q, Target::K, Target::V], &x, adapter)?;
         let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -309,8 +328,7 @@ impl Base {
         let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let h = (h + self.proj(li, Target::O, &o, adapter, None)?)?;
         let x = candle_nn::ops::rms_norm(&h, &layer.mlp_norm, c.rms_eps as f32)?;
-        let gate = self.proj(li, Target::Gate, &x, adapter, None)?;
-        let up = self.proj(li, Target::Up, &x, adapter, None)?;
+        let [gate, up] = self.projs(li, [Target::Gate, Target::Up], &x, adapter)?;
         let m = (candle_nn::ops::silu(&gate)? * up)?;
         Ok((h + self.proj(li, Target::Down, &m, adapter, None)?)?)
     }

@@ -19,8 +19,9 @@ pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
-mod q4_1_cpu;
 pub mod qlinear;
+#[cfg(target_arch = "x86_64")]
+mod qmm_cpu;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -14,7 +14,8 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Sha
 
 use super::error::Result;
 use super::nf4::Nf4Tensor;
-use super::q4_1_cpu;
+#[cfg(target_arch = "x86_64")]
+use super::qmm_cpu;
 
 /// How a frozen (out, in) matrix is held.
 pub enum FrozenWeight {
@@ -112,16 +113,12 @@ impl CustomOp1 for FrozenMatMul {
             candle_core::bail!("frozen-matmul: input must be contiguous")
         }
         if let FrozenWeight::Ggml(q) = self.0.as_ref() {
-            let kind = match q.dtype() {
-                GgmlDType::Q4_1 => Some(q4_1_cpu::Kind::Q4_1),
-                GgmlDType::Q5_0 => Some(q4_1_cpu::Kind::Q5_0),
-                _ => None,
-            };
-            if let (Some(kind), CpuStorage::F32(xs), true) = (kind, s, q4_1_cpu::available()) {
-                let (n, k) = self.0.dims();
+            let (n, k) = self.0.dims();
+            #[cfg(target_arch = "x86_64")]
+            if let (CpuStorage::F32(xs), true) = (s, qmm_cpu::supports(q.dtype(), k)) {
                 let count = l.shape().elem_count();
                 let x = &xs[l.start_offset()..l.start_offset() + count];
-                let y = q4_1_cpu::matmul(kind, &q.data()?, n, k, x, count / k);
+                let y = qmm_cpu::matmul(q.dtype(), &q.data()?, n, k, x, count / k);
                 let mut dims = l.shape().dims().to_vec();
                 if let Some(last) = dims.last_mut() {
                     *last = n;
@@ -247,6 +244,55 @@ impl FrozenLinear {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         })
+    }
+
+    /// `x · Wᵢᵀ (+ bᵢ)` for several projections of one input, as one parallel job
+    /// when the CPU kernels take all of them (the input is quantized once and the
+    /// thread pool wakes once); otherwise one by one. Inference only: the grouped
+    /// outputs carry no gradient.
+    pub fn forward_group(lins: &[&FrozenLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ys) = Self::cpu_group(lins, x)? {
+            return Ok(ys);
+        }
+        lins.iter().map(|l| l.forward(x)).collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn cpu_group(lins: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let k = x.dim(candle_core::D::Minus1)?;
+        let mut qs = Vec::with_capacity(lins.len());
+        for l in lins {
+            match l.weight.as_ref() {
+                FrozenWeight::Ggml(q) if l.dims().1 == k && qmm_cpu::supports(q.dtype(), k) => qs.push(q),
+                _ => return Ok(None),
+            }
+        }
+        let x = x.contiguous()?;
+        let m = x.elem_count() / k;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let datas = qs.iter().map(|q| q.data()).collect::<candle_core::Result<Vec<_>>>()?;
+        let parts: Vec<qmm_cpu::Part> = qs
+            .iter()
+            .zip(&datas)
+            .map(|(q, d)| qmm_cpu::Part { dtype: q.dtype(), data: d, rows: q.shape().dims()[0] })
+            .collect();
+        let mut dims = x.dims().to_vec();
+        let mut ys = Vec::with_capacity(lins.len());
+        for (y, l) in qmm_cpu::matmul_many(&parts, k, &xs, m).into_iter().zip(lins) {
+            if let Some(last) = dims.last_mut() {
+                *last = l.dims().0;
+            }
+            let y = Tensor::from_vec(y, dims.as_slice(), x.device())?;
+            ys.push(match &l.bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                None => y,
+            });
+        }
+        Ok(Some(ys))
     }
 
     /// Quantizes a dense (out, in) matrix to a GGUF block type.

@@ -89,7 +89,7 @@ fn form_b(c: char) -> Option<Form> {
         return Some(Form::Isolated);
     }
     if let Some(&(lo, _)) = TWO.iter().find(|(lo, hi)| (*lo..=*hi).contains(&u)) {
-        return Some(if (u - lo) % 2 == 0 { Form::Isolated } else { Form::Final });
+        return Some(if (u - lo).is_multiple_of(2) { Form::Isolated } else { Form::Final });
     }
     // Four-form letters start at 0xFE89 (yeh with hamza) … grouped by four.
     let base = [
