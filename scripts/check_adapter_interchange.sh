@@ -18,10 +18,12 @@
 #              llama-completion and libllama); optional: without it only PEFT is checked
 #   STEPS      optimizer steps when training here (default 40)
 #   TOKENS     greedy tokens per prompt (default 24)
+#   DENSE      1 (default): also run the check on MODEL dequantized to f32, where
+#              nothing is rounded and the sides must agree to 1e-3; 0: skip it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# -eq 2 ] || [ $# -eq 4 ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -eq 2 ] || [ $# -eq 4 ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 MODEL=$(realpath "$1")
 OUT=$(realpath -m "$2")
 PYTHON=${PYTHON:-python3}
@@ -72,6 +74,16 @@ if [ -n "${LLAMA_CPP:-}" ]; then
     LLAMA_ARGS=(--llama-bin "$BIN" --llama-logits "$OUT/llama_logits")
 fi
 
-"$PYTHON" scripts/check_adapter_interchange.py --model "$MODEL" --peft "$OUT/peft" \
-    --gguf-lora "$OUT/gguf/adapter_model.gguf" --warsha "$WARSHA" --example "$EXAMPLE" \
-    --tokens "${TOKENS:-24}" --out "$OUT" "${LLAMA_ARGS[@]}"
+check() {
+    "$PYTHON" scripts/check_adapter_interchange.py --peft "$OUT/peft" \
+        --gguf-lora "$OUT/gguf/adapter_model.gguf" --warsha "$WARSHA" --example "$EXAMPLE" \
+        --tokens "${TOKENS:-24}" "${LLAMA_ARGS[@]}" "$@"
+}
+status=0
+check --model "$MODEL" --out "$OUT" || status=1
+if [ "${DENSE:-1}" = 1 ]; then
+    "$PYTHON" scripts/check_adapter_interchange.py --model "$MODEL" --dequantize-to "$OUT/base-f32.gguf"
+    check --model "$OUT/base-f32.gguf" --dense --out "$OUT/dense" || status=1
+    rm -f "$OUT/base-f32.gguf"
+fi
+exit $status
