@@ -305,7 +305,7 @@ def main():
                 "greedy_agree": g_lora,
                 "of": min(len(l_meta["tokens"]), len(peft_greedy)),
                 "logits": compare(l_log, peft_on_lora, vocab),
-                "changed_from_base_tokens": lead(l_meta["tokens"], b_meta["tokens"]),
+                "leading_tokens_as_base": lead(l_meta["tokens"], b_meta["tokens"]),
             },
             "adapter_effect": eff,
         }
@@ -335,8 +335,9 @@ def main():
         for e, l in zip(report["prompts"], lc):
             e["llama_cpp"] = l
             ours_l, ours_b = e["adapter"]["ours_text"], e["base"]["ours_text"]
-            l["lora_equals_ours"] = l["lora"] == ours_l
-            l["base_equals_ours"] = l["base"] == ours_b
+            # llama-completion ends its output with a blank line of its own.
+            l["lora_equals_ours"] = l["lora"].rstrip() == ours_l.rstrip()
+            l["base_equals_ours"] = l["base"].rstrip() == ours_b.rstrip()
             l["lora_common_prefix_chars"] = len(os.path.commonprefix([l["lora"], ours_l]))
             l["base_common_prefix_chars"] = len(os.path.commonprefix([l["base"], ours_b]))
 

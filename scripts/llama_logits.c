@@ -10,6 +10,8 @@
  * 1 + len(FOLLOW_IDS) rows of n_vocab little-endian f32: the logits after the
  * prompt, then after each followed token. The adapter is applied at scale
  * 1.0, so llama.cpp's own alpha / r from the file's metadata is what scales it.
+ * The KV cache is f32 (not llama.cpp's f16 default) so that on an f32 base
+ * the logits are compared without an extra rounding step.
  *
  * Build: cc -O2 -o llama_logits llama_logits.c -I LLAMA/include -I LLAMA/ggml/include -L BIN -lllama
  */
@@ -67,6 +69,9 @@ int main(int argc, char **argv) {
     cp.n_ctx = (uint32_t)(np + nf + 8);
     cp.n_batch = cp.n_ctx;
     cp.n_threads = cp.n_threads_batch = 1;
+    /* llama.cpp keeps K and V in f16 by default; f32 leaves only the weights' own rounding. */
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) return 1;
     if (argc == 6) {
