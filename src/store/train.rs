@@ -381,9 +381,12 @@ impl Store {
         let targets = serde_json::to_string(a.targets).unwrap_or_else(|_| "[]".into());
         let snap = serde_json::to_string(a.data_snapshot).unwrap_or_else(|_| "{}".into());
         self.write(|tx| {
+            // The parent is the adapter the operators were using when this one was
+            // trained: the one it is gated against and replaces when promoted.
             tx.execute(
-                "INSERT INTO adapters (run_id, state, path, sha256, bytes, base_sha256, rank, alpha, targets, data_snapshot) \
-                 VALUES (?1, 'candidate', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO adapters (run_id, parent_id, state, path, sha256, bytes, base_sha256, rank, alpha, targets, \
+                 data_snapshot) VALUES (?1, (SELECT id FROM adapters WHERE state = 'active'), 'candidate', ?2, ?3, ?4, ?5, \
+                 ?6, ?7, ?8, ?9)",
                 params![a.run_id, a.path, a.sha256, a.bytes, a.base_sha256, a.rank, a.alpha, targets, snap],
             )
             .map_err(&err)?;
@@ -492,5 +495,28 @@ mod tests {
             .query_row("SELECT count(*) FROM reviews WHERE used_in_run = ?1", [id], |r| r.get(0))
             .unwrap();
         assert_eq!(used, 2);
+
+        // Lineage: a later candidate's parent is the adapter active when it was made.
+        s.conn().execute("UPDATE adapters SET state = 'active' WHERE id = ?1", [aid]).unwrap();
+        let next = s
+            .insert_candidate_adapter(&NewAdapter {
+                run_id: id,
+                path: "adapters/run-2",
+                sha256: "01",
+                bytes: 4,
+                base_sha256: Some("ff"),
+                rank: 16,
+                alpha: 32.0,
+                targets: &targets,
+                data_snapshot: &snap,
+            })
+            .unwrap();
+        let parents: Vec<Option<i64>> = [aid, next]
+            .iter()
+            .map(|a| {
+                s.conn().query_row("SELECT parent_id FROM adapters WHERE id = ?1", [a], |r| r.get(0)).unwrap()
+            })
+            .collect();
+        assert_eq!(parents, vec![None, Some(aid)]);
     }
 }

@@ -229,7 +229,11 @@ macro_rules! products {
                 let mut o = _mm256_setzero_ps();
                 let mut j = 0;
                 while j + 8 <= off.len() {
-                    o = _mm256_fmadd_ps(_mm256_loadu_ps(off.as_ptr().add(j)), _mm256_loadu_ps(xs.as_ptr().add(j)), o);
+                    o = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(off.as_ptr().add(j)),
+                        _mm256_loadu_ps(xs.as_ptr().add(j)),
+                        o,
+                    );
                     j += 8;
                 }
                 let mut rest = _mm_setzero_ps();
