@@ -179,28 +179,20 @@ macro_rules! products {
             out: Out,
             buf: &mut RowBuf,
         ) {
-            let nsb = k / B::VALUES;
-            let row_bytes = nsb * B::BYTES;
-            for r in rows {
-                let row = data.add(r * row_bytes);
-                for sb in 0..nsb {
-                    B::decode(row.add(sb * B::BYTES), |j, q, sc, o| {
-                        let b = sb * (B::VALUES / QK) + j;
-                        *buf.q.get_unchecked_mut(b) = q;
-                        *buf.scale.get_unchecked_mut(b) = sc;
-                        _mm_store_sd(buf.offset.as_mut_ptr().add(b) as *mut f64, _mm_castps_pd(o));
-                    });
-                }
-                let mut i = 0;
-                while i + 4 <= acts.rows {
-                    $group::<4>(buf, acts, i, out, r);
-                    i += 4;
-                }
-                match acts.rows - i {
-                    3 => $group::<3>(buf, acts, i, out, r),
-                    2 => $group::<2>(buf, acts, i, out, r),
-                    1 => $group::<1>(buf, acts, i, out, r),
-                    _ => {}
+            for inputs in input_chunks(acts.rows) {
+                for r in rows.clone() {
+                    decode_row::<B>(data, r, k, buf);
+                    let mut i = inputs.start;
+                    while i + 4 <= inputs.end {
+                        $group::<4>(buf, acts, i, out, r);
+                        i += 4;
+                    }
+                    match inputs.end - i {
+                        3 => $group::<3>(buf, acts, i, out, r),
+                        2 => $group::<2>(buf, acts, i, out, r),
+                        1 => $group::<1>(buf, acts, i, out, r),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -220,31 +212,56 @@ macro_rules! products {
                     acc[i] = _mm256_fmadd_ps(t, _mm256_set1_ps(*acts.d.get_unchecked(xi)), acc[i]);
                 }
             }
-            // The offsets once per input row as one flat product: far fewer operations
-            // than folding them into the block loop above.
-            let off = buf.offset.as_flattened();
             for i in 0..R {
                 let row = first + i;
-                let xs = acts.s[row * nb..(row + 1) * nb].as_flattened();
-                let mut o = _mm256_setzero_ps();
-                let mut j = 0;
-                while j + 8 <= off.len() {
-                    o = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(off.as_ptr().add(j)),
-                        _mm256_loadu_ps(xs.as_ptr().add(j)),
-                        o,
-                    );
-                    j += 8;
-                }
-                let mut rest = _mm_setzero_ps();
-                while j < off.len() {
-                    rest = _mm_add_ss(rest, _mm_set_ss(off[j] * xs[j]));
-                    j += 1;
-                }
-                *out.ptr.add(row * out.n + r) = total(acc[i], o, rest);
+                *out.ptr.add(row * out.n + r) = total(acc[i], _mm256_setzero_ps(), offsets(buf, acts, row));
             }
         }
     };
+}
+
+/// Weight rows are decoded again for every chunk of this many input rows, so that the
+/// chunk's 8-bit inputs stay in L2 while all weight rows pass over them.
+const INPUT_CHUNK: usize = 64;
+
+fn input_chunks(m: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..m).step_by(INPUT_CHUNK).map(move |s| s..m.min(s + INPUT_CHUNK))
+}
+
+/// Decodes weight row `r` into `buf`.
+#[inline(always)]
+unsafe fn decode_row<B: Blocks>(data: *const u8, r: usize, k: usize, buf: &mut RowBuf) {
+    let nsb = k / B::VALUES;
+    let row = data.add(r * nsb * B::BYTES);
+    for sb in 0..nsb {
+        B::decode(row.add(sb * B::BYTES), |j, q, sc, o| {
+            let b = sb * (B::VALUES / QK) + j;
+            *buf.q.get_unchecked_mut(b) = q;
+            *buf.scale.get_unchecked_mut(b) = sc;
+            _mm_store_sd(buf.offset.as_mut_ptr().add(b) as *mut f64, _mm_castps_pd(o));
+        });
+    }
+}
+
+/// Σ over half blocks of weight offset × input sum, for one input row, as one flat
+/// product: far fewer operations than folding it into the block loop.
+#[inline(always)]
+unsafe fn offsets(buf: &RowBuf, acts: &Acts, row: usize) -> __m128 {
+    let nb = acts.blocks;
+    let off = buf.offset.as_flattened();
+    let xs = acts.s[row * nb..(row + 1) * nb].as_flattened();
+    let mut o = _mm256_setzero_ps();
+    let mut j = 0;
+    while j + 8 <= off.len() {
+        o = _mm256_fmadd_ps(_mm256_loadu_ps(off.as_ptr().add(j)), _mm256_loadu_ps(xs.as_ptr().add(j)), o);
+        j += 8;
+    }
+    let mut rest = _mm_add_ps(_mm256_castps256_ps128(o), _mm256_extractf128_ps(o, 1));
+    while j < off.len() {
+        rest = _mm_add_ss(rest, _mm_set_ss(off[j] * xs[j]));
+        j += 1;
+    }
+    rest
 }
 
 products!(direct_vnni, buffered_vnni, group_vnni, "avx2,fma,f16c,avxvnni", true);

@@ -162,7 +162,7 @@ mod tests {
             let w = Tensor::from_vec(data(n * k, 3), (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, t).unwrap();
             let wd = q.dequantize(&Device::Cpu).unwrap();
-            for m in [1, 3, 4, 5, 9] {
+            for m in [1, 2, 3, 4, 5, 9, 70] {
                 let x = data(m * k, 11 + m);
                 let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
                 let want: Vec<f32> =
