@@ -2,6 +2,7 @@
 //! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring;
 //! tokenizing, chat templates, text generation, and installing models into the data dir.
 
+pub mod attention;
 pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
@@ -10,15 +11,18 @@ pub mod cuda_dequant;
 pub mod cuda_dropout;
 #[cfg(feature = "cuda")]
 pub mod cuda_mem;
+mod custom_op;
 pub mod decoder;
 pub mod error;
 pub mod fetch;
+pub mod fused_ce;
 pub mod generate;
 pub mod info;
 pub mod load;
 pub mod lora;
 pub mod loss;
 pub mod nf4;
+pub mod phases;
 mod q4_1_cpu;
 pub mod qlinear;
 pub mod sampling;

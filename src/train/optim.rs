@@ -147,13 +147,10 @@ impl AdamW {
     }
 }
 
-/// Euclidean norm over all gradients together (f64 accumulation).
+/// Euclidean norm over all gradients together (f64 accumulation across tensors).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0f64;
-    for g in grads {
-        sum += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-    }
-    Ok(sum.sqrt())
+    let sums = per_tensor(grads, |g| g.sqr()?.sum_all())?;
+    Ok(sums.iter().map(|&s| s as f64).sum::<f64>().sqrt())
 }
 
 /// The factor that brings `norm` down to `max_norm` (1.0 when clipping is off or not needed).
@@ -167,14 +164,19 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 
 /// Whether every gradient is finite (a NaN or inf anywhere means an f16 overflow).
 pub fn all_finite(grads: &[Tensor]) -> Result<bool> {
-    for g in grads {
-        // NaN and ±inf both survive a sum as non-finite.
-        let s = g.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
-        if !s.is_finite() {
-            return Ok(false);
-        }
+    // NaN and ±inf both survive a sum as non-finite.
+    let sums = per_tensor(grads, |g| g.abs()?.sum_all())?;
+    Ok(sums.iter().all(|s| s.is_finite()))
+}
+
+/// One f32 scalar per gradient, read back together: a device round trip per tensor would
+/// stall the launch queue hundreds of times a step.
+fn per_tensor(grads: &[Tensor], f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<f32>> {
+    if grads.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(true)
+    let parts = grads.iter().map(|g| f(&g.to_dtype(DType::F32)?)?.reshape(1)).collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)?.to_vec1::<f32>()
 }
 
 #[cfg(test)]
