@@ -20,6 +20,7 @@ pub mod generate;
 pub mod info;
 pub mod load;
 pub mod lora;
+pub mod lora_op;
 pub mod loss;
 pub mod nf4;
 pub mod phases;
