@@ -4,7 +4,7 @@
 # Compute is there, every kernel's device time summed by kernel name over the first launches of
 # a run (load, warm-up step and one step), clocks left as the card has them.
 #
-# Usage: bench/gpu-profile.sh DIR SEQ [LAUNCHES]   (DIR holds the CUDA build `warsha`)
+# Usage: bench/gpu-profile.sh DIR SEQ [LAUNCHES]   (DIR holds the CUDA build `warsha`; NCU=0 skips ncu)
 # Output: $OUT/phases-SEQ.log and $OUT/ncu-SEQ.csv.
 set -u
 dir="$(cd "$1" && pwd)"
@@ -18,6 +18,7 @@ WARSHA_LOG=warsha::phases=debug timeout 150 "$dir/warsha" "${args[@]}" --steps 3
 echo "phases at seq $seq (last step):"
 grep "step phases" "$out/phases-$seq.log" | tail -1 | sed 's/.*step phases: //'
 grep -E "throughput|device memory" "$out/phases-$seq.log"
+[ "${NCU:-1}" = 0 ] && exit 0
 command -v ncu >/dev/null || { echo "no ncu"; exit 0; }
 timeout "${NCU_TIMEOUT:-200}" ncu --clock-control none --metrics gpu__time_duration.sum --launch-count "$launches" \
   --print-summary per-kernel --csv "$dir/warsha" "${args[@]}" --steps 1 >"$out/ncu-$seq.csv" 2>"$out/ncu-$seq.err"

@@ -31,6 +31,9 @@ pub struct AttnMask {
     bias: Tensor,
     /// (b·t): the first position of each position's segment.
     seg_start: Vec<usize>,
+    /// The same as u32 on the mask's device, for the device kernels.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    seg_start_dev: Tensor,
     b: usize,
     t: usize,
 }
@@ -61,7 +64,9 @@ impl AttnMask {
             }
         }
         let bias = Tensor::from_vec(bias, (b, 1, t, t), device)?;
-        Ok(Self { bias, seg_start, b, t })
+        let seg_start_dev =
+            Tensor::from_vec(seg_start.iter().map(|&s| s as u32).collect::<Vec<_>>(), b * t, device)?;
+        Ok(Self { bias, seg_start, seg_start_dev, b, t })
     }
 
     /// Position of each token within its segment (restarts at 0), row-major (b·t).
@@ -161,6 +166,10 @@ impl TiledAttention {
 
     /// (b, heads, t, d + 1) f32: the output, then each row's log-sum-exp.
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            return self.forward_cuda(q, k, v);
+        }
         let (b, nh, t, hd) = q.dims4()?;
         let nkv = k.dim(1)?;
         let g = nh / nkv;
@@ -192,6 +201,10 @@ impl TiledAttention {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            return self.backward_cuda(q, k, v, res, grad);
+        }
         let (b, nh, t, hd) = q.dims4()?;
         let nkv = k.dim(1)?;
         let g = nh / nkv;
@@ -223,6 +236,84 @@ impl TiledAttention {
             let ds = ds.reshape((b, nkv, g * len, kl))?;
             dq.push(mm(&ds, &kt, cd)?.reshape((b, nkv, g, len, hd))?);
             accumulate(&dk, &mm(&ds.t()?, &qt, cd)?, k0)?;
+        }
+        let dq = Tensor::cat(&dq, 3)?.reshape((b, nh, t, hd))?.to_dtype(q.dtype())?;
+        Ok((dq, dk.to_dtype(k.dtype())?, dv.to_dtype(v.dtype())?))
+    }
+}
+
+/// The same computation with the row-wise steps in device kernels (cuda_attn.rs): scores,
+/// probabilities and score gradients stay in the compute dtype, one pass each.
+#[cfg(feature = "cuda")]
+impl TiledAttention {
+    fn geom(&self, nkv: usize, g: usize, i0: usize, len: usize, k0: usize) -> super::cuda_attn::TileGeom {
+        super::cuda_attn::TileGeom { len, rows_per_batch: nkv * g * len, i0, k0, t: self.mask.t }
+    }
+
+    fn forward_cuda(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        use super::cuda_attn::softmax_fwd;
+        let (b, nh, t, hd) = q.dims4()?;
+        let nkv = k.dim(1)?;
+        let g = nh / nkv;
+        let q5 = q.reshape((b, nkv, g, t, hd))?;
+        let mut pieces = Vec::with_capacity(t.div_ceil(self.tile));
+        for i0 in (0..t).step_by(self.tile) {
+            let len = self.tile.min(t - i0);
+            let (k0, k1) = self.mask.key_range(i0, len);
+            let qt = query_tile(&q5, i0, len)?;
+            let s = qt.matmul(&k.narrow(2, k0, k1 - k0)?.t()?)?;
+            let geom = self.geom(nkv, g, i0, len, k0);
+            let (p, lse) = softmax_fwd(&s, &self.mask.seg_start_dev, geom, self.scale as f32)?;
+            drop(s);
+            let o = p.matmul(&v.narrow(2, k0, k1 - k0)?)?.to_dtype(DType::F32)?;
+            let o = o.reshape((b, nkv, g, len, hd))?;
+            pieces.push(Tensor::cat(&[&o, &lse.reshape((b, nkv, g, len, 1))?], D::Minus1)?);
+        }
+        Tensor::cat(&pieces, 3)?.reshape((b, nh, t, hd + 1))
+    }
+
+    fn backward_cuda(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        use super::cuda_attn::{dscores, probs};
+        let (b, nh, t, hd) = q.dims4()?;
+        let nkv = k.dim(1)?;
+        let g = nh / nkv;
+        let cd = q.dtype();
+        let o = res.narrow(3, 0, hd)?;
+        let go = grad.narrow(3, 0, hd)?.to_dtype(DType::F32)?;
+        let five = (b, nkv, g, t, 1);
+        let lse = res.narrow(3, hd, 1)?.contiguous()?.reshape(five)?;
+        let dsum = (&go * o)?.sum_keepdim(D::Minus1)?.reshape(five)?;
+        let go5 = go.to_dtype(cd)?.reshape((b, nkv, g, t, hd))?;
+        let q5 = q.reshape((b, nkv, g, t, hd))?;
+        let dk = Tensor::zeros((b, nkv, t, hd), DType::F32, q.device())?;
+        let dv = Tensor::zeros((b, nkv, t, hd), DType::F32, q.device())?;
+        let mut dq = Vec::with_capacity(t.div_ceil(self.tile));
+        let scale = self.scale as f32;
+        for i0 in (0..t).step_by(self.tile) {
+            let len = self.tile.min(t - i0);
+            let (k0, k1) = self.mask.key_range(i0, len);
+            let kl = k1 - k0;
+            let kt = k.narrow(2, k0, kl)?;
+            let vt = v.narrow(2, k0, kl)?;
+            let qt = query_tile(&q5, i0, len)?;
+            let geom = self.geom(nkv, g, i0, len, k0);
+            let s = qt.matmul(&kt.t()?)?;
+            let p = probs(&s, &lse.narrow(3, i0, len)?.contiguous()?, &self.mask.seg_start_dev, geom, scale)?;
+            drop(s);
+            let got = query_tile(&go5, i0, len)?;
+            accumulate(&dv, &p.t()?.matmul(&got)?.to_dtype(DType::F32)?, k0)?;
+            let dp = got.matmul(&vt.t()?)?;
+            let ds = dscores(&p, &dp, &dsum.narrow(3, i0, len)?.contiguous()?, scale)?;
+            drop((p, dp));
+            dq.push(ds.matmul(&kt)?.reshape((b, nkv, g, len, hd))?);
+            accumulate(&dk, &ds.t()?.matmul(&qt)?.to_dtype(DType::F32)?, k0)?;
         }
         let dq = Tensor::cat(&dq, 3)?.reshape((b, nh, t, hd))?.to_dtype(q.dtype())?;
         Ok((dq, dk.to_dtype(k.dtype())?, dv.to_dtype(v.dtype())?))
@@ -370,5 +461,59 @@ mod tests {
         assert_eq!(bias[6][6], 0.0);
         assert!(bias[6][2].is_infinite() && bias[6][4].is_infinite() && bias[2][3].is_infinite());
         assert!(AttnMask::from_segments(&seg, 1, 6, &Device::Cpu).is_err());
+    }
+
+    /// The device kernels (masked softmax, probabilities, score gradient) against the
+    /// composite form on the host: f32 within 1e-5, bf16 within bf16 rounding.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_tiled_attention_matches_composite_on_the_host() {
+        let Ok(dev) = Device::new_cuda(0) else { return };
+        let (b, nh, nkv, t, hd) = (2, 12, 2, 300, 64);
+        let seg: Vec<u32> =
+            (0..b * t).map(|p| if p < t { (p / 70) as u32 } else { u32::from(p % t >= 250) }).collect();
+        let host_mask = AttnMask::from_segments(&seg, b, t, &Device::Cpu).unwrap();
+        let dev_mask = AttnMask::from_segments(&seg, b, t, &dev).unwrap();
+        let q0 = rand_t(&[b, nh, t, hd], 11);
+        let k0 = rand_t(&[b, nkv, t, hd], 12);
+        let v0 = rand_t(&[b, nkv, t, hd], 13);
+        let w = rand_t(&[b, nh, t, hd], 14);
+        let grads = |o: &Tensor, vars: &[&Var]| {
+            let g = (o * w.to_device(o.device()).unwrap().to_dtype(o.dtype()).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            vars.iter()
+                .map(|v| {
+                    g.get(v.as_tensor())
+                        .unwrap()
+                        .to_device(&Device::Cpu)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let (q, k, v) =
+            (Var::from_tensor(&q0).unwrap(), Var::from_tensor(&k0).unwrap(), Var::from_tensor(&v0).unwrap());
+        let o_ref = composite_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &host_mask).unwrap();
+        let g_ref = grads(&o_ref, &[&q, &k, &v]);
+        for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+            for tile in [None, Some(37)] {
+                let put =
+                    |x: &Tensor| Var::from_tensor(&x.to_device(&dev).unwrap().to_dtype(dt).unwrap()).unwrap();
+                let (q, k, v) = (put(&q0), put(&k0), put(&v0));
+                let o =
+                    attention_tiled(q.as_tensor(), k.as_tensor(), v.as_tensor(), &dev_mask, tile).unwrap();
+                let oh = o.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+                assert!(rel(&oh, &o_ref) < tol, "{dt:?} tile {tile:?}: output {}", rel(&oh, &o_ref));
+                for (name, (a, r)) in ["q", "k", "v"].iter().zip(grads(&o, &[&q, &k, &v]).iter().zip(&g_ref))
+                {
+                    assert!(rel(a, r) < tol, "{dt:?} tile {tile:?}: grad {name} {}", rel(a, r));
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,8 @@ pub mod attention;
 pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
+pub mod cuda_attn;
+#[cfg(feature = "cuda")]
 pub mod cuda_dequant;
 #[cfg(feature = "cuda")]
 pub mod cuda_dropout;
