@@ -198,31 +198,3 @@ pub fn mem_info(dev: &CudaDevice) -> candle_core::Result<(usize, usize)> {
         .mem_get_info()
         .map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
 }
-/// Keeps memory freed by the process in the device's stream-ordered pool instead of returning
-/// it to the driver at every synchronization (the pool's default). A training step allocates
-/// and frees the same sizes again and again; with the default every step after a read-back
-/// (the loss, the gradient norm) mapped its working set afresh. The driver's per-process
-/// figure counts the pool either way, so the measured peak is unchanged: it is the step's
-/// own high-water mark.
-pub fn retain_freed_memory(dev: &CudaDevice) -> Result<(), String> {
-    use candle_core::cuda::cudarc::driver::sys;
-    let ctx = dev.cuda_stream().context().clone();
-    ctx.bind_to_thread().map_err(|e| e.to_string())?;
-    let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: the context is bound to this thread; the pool handle is written by the driver
-    // before it is read, and the attribute takes a pointer to a u64 as documented.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device())
-            .result()
-            .map_err(|e| e.to_string())?;
-        sys::cuMemPoolSetAttribute(
-            pool.assume_init(),
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut c_void,
-        )
-        .result()
-        .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}

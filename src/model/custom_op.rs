@@ -14,7 +14,8 @@ where
     S: BackendStorage,
     S::Device: BackendDevice<Storage = S>,
 {
-    let mut dst = s.device().zeros_impl(l.shape(), s.dtype())?;
+    // SAFETY: copy_strided_src writes every element of the layout's shape.
+    let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
     s.copy_strided_src(&mut dst, 0, l)?;
     Ok(Tensor::from_storage(wrap(dst), l.shape().clone(), BackpropOp::none(), false))
 }
@@ -24,7 +25,8 @@ pub(crate) fn cpu_storage_of(t: &Tensor) -> candle_core::Result<(CpuStorage, Sha
     let (st, l) = t.storage_and_layout();
     match &*st {
         Storage::Cpu(s) => {
-            let mut dst = s.device().zeros_impl(l.shape(), s.dtype())?;
+            // SAFETY: copy_strided_src writes every element of the layout's shape.
+            let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
             s.copy_strided_src(&mut dst, 0, l)?;
             Ok((dst, l.shape().clone()))
         }
@@ -36,7 +38,8 @@ pub(crate) fn cuda_storage_of(t: &Tensor) -> candle_core::Result<(CudaStorage, S
     let (st, l) = t.storage_and_layout();
     match &*st {
         Storage::Cuda(s) => {
-            let mut dst = s.device().zeros_impl(l.shape(), s.dtype())?;
+            // SAFETY: copy_strided_src writes every element of the layout's shape.
+            let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
             s.copy_strided_src(&mut dst, 0, l)?;
             Ok((dst, l.shape().clone()))
         }

@@ -34,14 +34,12 @@ pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
         "cpu" => Ok((Device::Cpu, DType::F32)),
         "cuda" => {
             let d = Device::new_cuda(0).map_err(|e| TrainError::Device(format!("cuda: {e}")))?;
-            retain_freed_memory(&d);
             let dt = cuda_dtype(&d);
             Ok((d, dt))
         }
         _ => {
             if cfg!(feature = "cuda") {
                 if let Ok(d) = Device::new_cuda(0) {
-                    retain_freed_memory(&d);
                     let dt = cuda_dtype(&d);
                     return Ok((d, dt));
                 }
@@ -50,19 +48,6 @@ pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
         }
     }
 }
-
-/// See [`crate::model::cuda_mem::retain_freed_memory`]; a driver that refuses only costs speed.
-#[cfg(feature = "cuda")]
-fn retain_freed_memory(d: &Device) {
-    if let Device::Cuda(c) = d {
-        if let Err(e) = crate::model::cuda_mem::retain_freed_memory(c) {
-            tracing::warn!("device memory pool keeps returning freed memory: {e}");
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn retain_freed_memory(_d: &Device) {}
 
 fn cuda_dtype(d: &Device) -> DType {
     match compute_capability(d) {

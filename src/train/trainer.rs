@@ -185,11 +185,10 @@ impl<'a> Trainer<'a> {
         let mut grad_norm = None;
         let mut skipped = true;
         if tokens > 0 {
-            let finite = optim::all_finite(&grads)?;
-            phases::mark(&dev, "finite check");
-            if self.scaler.update(finite) {
-                let norm = optim::global_norm(&grads)?;
-                phases::mark(&dev, "norm");
+            // A NaN or ±inf in any gradient makes the norm non-finite: one pass answers both.
+            let norm = optim::global_norm(&grads)?;
+            phases::mark(&dev, "norm");
+            if self.scaler.update(norm.is_finite()) {
                 let f = optim::clip_factor(norm, self.grad_clip);
                 if f != 1.0 {
                     for g in &mut grads {
