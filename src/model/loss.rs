@@ -26,6 +26,12 @@ pub struct Batch {
     pub segment_ids: Option<Tensor>,
 }
 
+/// Positions per lm_head + cross-entropy chunk. Each chunk briefly holds three
+/// (positions × vocabulary) f32 tensors (37 MiB apiece at 64 × 151,936): at 64
+/// the chunk's transient stays under ~150 MiB, and more chunks cost little since each already
+/// fills the GPU.
+pub const DEFAULT_CE_CHUNK: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     /// Keep only each block's input during the forward pass and recompute the block
@@ -40,7 +46,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { recompute: false, dropout: true, ce_chunk: 128, loss_scale: 1.0 }
+        Self { recompute: false, dropout: true, ce_chunk: DEFAULT_CE_CHUNK, loss_scale: 1.0 }
     }
 }
 

@@ -19,6 +19,7 @@ use super::plan;
 use super::scaler::LossScaler;
 use super::schedule::Schedule;
 use super::TrainError;
+use crate::model::loss::DEFAULT_CE_CHUNK;
 use crate::model::{phases, Adapter, Base, Batch, TrainOptions};
 
 /// Figures of one optimizer step.
@@ -98,7 +99,7 @@ impl<'a> Trainer<'a> {
             schedule,
             scaler,
             grad_clip,
-            ce_chunk: 128,
+            ce_chunk: DEFAULT_CE_CHUNK,
             dropout: adapter.lora().dropout > 0.0,
             step: 0,
             seed,
