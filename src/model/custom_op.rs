@@ -1,5 +1,5 @@
 //! Running ordinary tensor code inside a candle custom op's forward. A custom op receives
-//! storages and layouts, not tensors; these helpers copy them into graph-free tensors (so the
+//! storages and layouts, not tensors; these functions copy them into graph-free tensors (so the
 //! forward can use candle's own kernels, cuBLAS included, without recording a graph) and copy a
 //! result back out as the owned storage the op must return. The copies are of activation-sized
 //! inputs and outputs only, which is small beside the work the ops do.
