@@ -4,7 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["src/model/cuda_dequant.cu", "src/model/cuda_dropout.cu"];
+const KERNELS: &[&str] = &[
+    "src/model/cuda_dequant.cu",
+    "src/model/cuda_dropout.cu",
+    "src/model/cuda_attn.cu",
+    "src/train/cuda_adamw.cu",
+];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

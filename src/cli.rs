@@ -306,7 +306,7 @@ pub struct BenchTrainArgs {
     /// Keep the frozen weights quantized on CPU (no dense training copy).
     #[arg(long)]
     pub quantized: bool,
-    /// Positions per lm_head + cross-entropy chunk (default: the trainer's, 128).
+    /// Positions per lm_head + cross-entropy chunk (default: the trainer's, 64).
     #[arg(long)]
     pub ce_chunk: Option<usize>,
     #[command(flatten)]

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::attention::{attention, AttnMask};
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::lora::{Adapter, Target};
+use super::phases;
 use super::qlinear::{FrozenLinear, FrozenWeight};
 
 /// The compute settings a model is loaded with.
@@ -348,8 +350,11 @@ pub(crate) struct TrainGeom {
     /// (b, 1, t, head_dim) full-width RoPE tables for each row's positions.
     pub cos: Tensor,
     pub sin: Tensor,
-    /// (b, heads, t, t) additive mask: causal within a segment, blocked across.
-    pub mask: Tensor,
+    /// Causal within a segment, blocked across segments.
+    pub mask: AttnMask,
+    /// Use the composite attention (whole score matrix) as a reference.
+    #[cfg(test)]
+    pub composite: bool,
 }
 
 impl Base {
@@ -359,30 +364,8 @@ impl Base {
             Some(s) => s.to_device(&Device::Cpu)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?,
             None => vec![0; b * t],
         };
-        if seg.len() != b * t {
-            return Err(ModelError::Input(format!(
-                "segment_ids has {} entries, expected {}",
-                seg.len(),
-                b * t
-            )));
-        }
-        let mut pos = vec![0u32; b * t];
-        let mut mask = vec![f32::NEG_INFINITY; b * t * t];
-        for r in 0..b {
-            let s = &seg[r * t..(r + 1) * t];
-            let mut start = 0;
-            for i in 0..t {
-                if i > 0 && s[i] != s[i - 1] {
-                    start = i;
-                }
-                pos[r * t + i] = (i - start) as u32;
-                for j in start..=i {
-                    if s[j] == s[i] {
-                        mask[(r * t + i) * t + j] = 0.0;
-                    }
-                }
-            }
-        }
+        let mask = AttnMask::from_segments(&seg, b, t, &self.device)?;
+        let pos = mask.positions();
         if let Some(&m) = pos.iter().max() {
             if m as usize >= self.config.max_position {
                 return Err(ModelError::Input(format!("position {m} exceeds the model's maximum")));
@@ -393,10 +376,13 @@ impl Base {
             let f = Tensor::cat(&[tab, tab], 1)?;
             Ok(f.index_select(&pos, 0)?.reshape((b, 1, t, self.config.head_dim))?)
         };
-        let mask = Tensor::from_vec(mask, (b, 1, t, t), &self.device)?
-            .to_dtype(self.dtype)?
-            .broadcast_as((b, self.config.num_heads, t, t))?;
-        Ok(TrainGeom { cos: full(&self.cos)?, sin: full(&self.sin)?, mask })
+        Ok(TrainGeom {
+            cos: full(&self.cos)?,
+            sin: full(&self.sin)?,
+            mask,
+            #[cfg(test)]
+            composite: false,
+        })
     }
 
     /// One block on the training path. `dropout_step` is Some when dropout is on.
@@ -416,33 +402,31 @@ impl Base {
         let q = self.proj(li, Target::Q, &x, adapter, dropout_step)?;
         let k = self.proj(li, Target::K, &x, adapter, dropout_step)?;
         let v = self.proj(li, Target::V, &x, adapter, dropout_step)?;
+        phases::mark(&self.device, "norm+q/k/v");
         let q = rope_train(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, geo)?;
         let k = rope_train(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, geo)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let g = nh / nkv;
-        let k = repeat_kv(&k, g)?;
-        let v = repeat_kv(&v, g)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = ((q.contiguous()?.matmul(&k.t()?)? * scale)? + &geo.mask)?;
-        let att = candle_nn::ops::softmax(&att.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(h.dtype())?;
-        let o = att.matmul(&v.contiguous()?)?;
+        phases::mark(&self.device, "rope");
+        #[cfg(test)]
+        let o = if geo.composite {
+            super::attention::composite_attention(&q, &k, &v, &geo.mask)?
+        } else {
+            attention(&q, &k, &v, &geo.mask)?
+        };
+        #[cfg(not(test))]
+        let o = attention(&q, &k, &v, &geo.mask)?;
+        phases::mark(&self.device, "attention");
         let o = o.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let h = (h + self.proj(li, Target::O, &o, adapter, dropout_step)?)?;
+        phases::mark(&self.device, "o");
         let x = rms_norm_train(&h, &layer.mlp_norm, c.rms_eps)?;
         let gate = self.proj(li, Target::Gate, &x, adapter, dropout_step)?;
         let up = self.proj(li, Target::Up, &x, adapter, dropout_step)?;
         let m = (gate.silu()? * up)?;
-        Ok((h + self.proj(li, Target::Down, &m, adapter, dropout_step)?)?)
+        let out = (h + self.proj(li, Target::Down, &m, adapter, dropout_step)?)?;
+        phases::mark(&self.device, "norm+mlp");
+        Ok(out)
     }
-}
-
-/// (b, kv, t, d) → (b, kv·g, t, d), each KV head serving g consecutive query heads.
-fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
-    if g == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, g, t, d))?.contiguous()?.reshape((b, kv * g, t, d))?)
 }
 
 /// `x·cos + rotate_half(x)·sin` for x (b, heads, t, d), from differentiable ops.

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::lora_op::{lora_branch, Dropout};
 
 /// A projection inside a decoder layer that an adapter can wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,29 +198,20 @@ impl Adapter {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
-        let mut xf = x.to_dtype(DType::F32)?.reshape((rows, inp))?;
-        if let (Some(step), true) = (dropout_step, self.lora.dropout > 0.0) {
-            let keep = 1.0 - self.lora.dropout;
-            let seed = mix(self.seed ^ mix(step.wrapping_mul(0x1_0000) + (layer * 8 + t.index()) as u64));
-            let m = match device_mask(x.device(), (rows, inp), seed, keep)? {
-                Some(m) => m,
-                None => {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                    let inv = (1.0 / keep) as f32;
-                    let m: Vec<f32> =
-                        (0..rows * inp).map(|_| if rng.random::<f64>() < keep { inv } else { 0.0 }).collect();
-                    Tensor::from_vec(m, (rows, inp), x.device())?
-                }
-            };
-            xf = (xf * m)?;
-        }
-        let h = xf.matmul(&p.a.as_tensor().t()?)?;
-        let y = (h.matmul(&p.b.as_tensor().t()?)? * self.scale())?;
+        let dropout = match (dropout_step, self.lora.dropout > 0.0) {
+            (Some(step), true) => Some(Dropout {
+                seed: mix(self.seed ^ mix(step.wrapping_mul(0x1_0000) + (layer * 8 + t.index()) as u64)),
+                keep: 1.0 - self.lora.dropout,
+            }),
+            _ => None,
+        };
+        let y =
+            lora_branch(&x.reshape((rows, inp))?, p.a.as_tensor(), p.b.as_tensor(), self.scale(), dropout)?;
         let mut out_dims = dims;
         if let Some(l) = out_dims.last_mut() {
             *l = p.b.dims()[0];
         }
-        Ok(Some(y.reshape(out_dims)?.to_dtype(x.dtype())?))
+        Ok(Some(y.reshape(out_dims)?))
     }
 
     /// Writes the adapter with PEFT tensor names (f32) atomically: temp file, fsync, rename.
@@ -277,20 +269,6 @@ impl Adapter {
         }
         Ok(ad)
     }
-}
-
-/// A dropout mask drawn on the device where one can be (CUDA); None means draw it on the host.
-#[cfg(feature = "cuda")]
-fn device_mask(dev: &Device, shape: (usize, usize), seed: u64, keep: f64) -> Result<Option<Tensor>> {
-    if dev.is_cuda() {
-        return Ok(Some(super::cuda_dropout::mask(dev, shape, seed, keep)?));
-    }
-    Ok(None)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn device_mask(_dev: &Device, _shape: (usize, usize), _seed: u64, _keep: f64) -> Result<Option<Tensor>> {
-    Ok(None)
 }
 
 #[cfg(test)]

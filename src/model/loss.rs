@@ -1,16 +1,18 @@
 //! Training and scoring on top of the decoder: the loss and adapter gradients
 //! of one micro-batch (with optional per-block recomputation), and teacher-forced
 //! log-probabilities. The lm_head and cross-entropy run over chunks of positions
-//! so logits for a whole sequence never exist at once: each chunk's loss is
-//! differentiated on its own with respect to the final hidden state, and the
-//! accumulated hidden-state gradient is then pushed through the blocks.
+//! (`fused_ce.rs`), so logits for a whole sequence never exist at once and nothing of
+//! (positions × vocabulary) size outlives a chunk; the final hidden state's gradient is
+//! then pushed through the blocks.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use super::decoder::{rms_norm_train, Base, TrainGeom};
 use super::error::{ModelError, Result};
+use super::fused_ce::head_cross_entropy;
 use super::lora::Adapter;
+use super::phases;
 
 /// One micro-batch of token sequences.
 pub struct Batch {
@@ -23,6 +25,12 @@ pub struct Batch {
     /// (b, t) u32: packed documents; no attention across segments, positions restart.
     pub segment_ids: Option<Tensor>,
 }
+
+/// Positions per lm_head + cross-entropy chunk. Each chunk briefly holds three
+/// (positions × vocabulary) f32 tensors (37 MiB apiece at 64 × 151,936): at 64
+/// the chunk's transient stays under ~150 MiB, and more chunks cost little since each already
+/// fills the GPU.
+pub const DEFAULT_CE_CHUNK: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -38,7 +46,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { recompute: false, dropout: true, ce_chunk: 128, loss_scale: 1.0 }
+        Self { recompute: false, dropout: true, ce_chunk: DEFAULT_CE_CHUNK, loss_scale: 1.0 }
     }
 }
 
@@ -110,6 +118,7 @@ impl Base {
         let drop = if opts.dropout { Some(step) } else { None };
         let geo = self.train_geom(b, t, batch.segment_ids.as_ref())?;
         let h0 = self.embed(&batch.input_ids.to_device(&self.device)?)?;
+        phases::mark(&self.device, "mask+embed");
         let n_layers = self.layers.len();
         let mut out = GradStore::default();
         if !opts.recompute {
@@ -130,11 +139,13 @@ impl Base {
             h = next;
         }
         let (loss_sum, tokens, mut g) = self.chunked_ce(&h, batch, opts)?;
+        phases::mark(&self.device, "lm_head+loss");
         if tokens > 0 {
             for li in (0..n_layers).rev() {
                 let hv = Var::from_tensor(&inputs[li])?;
                 let y = self.block_train(li, hv.as_tensor(), &geo, Some(adapter), drop)?;
                 let mut grads = (y * &g)?.sum_all()?.backward()?;
+                phases::mark(&self.device, "block backward");
                 for v in adapter.layer_vars(li) {
                     if let Some(gv) = grads.remove(v.as_tensor()) {
                         out.insert(v.as_tensor(), gv);
@@ -146,6 +157,7 @@ impl Base {
                     })?;
                 }
                 inputs.truncate(li);
+                phases::mark(&self.device, "gradient bookkeeping");
             }
         }
         Ok(LossOut { loss_sum, tokens, grads: out })
@@ -170,39 +182,26 @@ impl Base {
         Ok((loss_sum, tokens, grads))
     }
 
-    /// Masked cross-entropy over the final hidden states `h` (b, t, hidden), in chunks of
-    /// positions. Returns the loss sum, the token count and ∂(loss·scale)/∂h (detached).
+    /// Masked cross-entropy over the final hidden states `h` (b, t, hidden), the lm_head and
+    /// loss fused over chunks of positions. Returns the loss sum, the token count and
+    /// ∂(loss·scale)/∂h (detached).
     fn chunked_ce(&self, h: &Tensor, batch: &Batch, opts: &TrainOptions) -> Result<(f64, usize, Tensor)> {
         let (b, t, hid) = h.dims3()?;
         let n = b * t;
         let (targets, mask, mask_host) = batch.flat_targets(self.config.vocab_size, &self.device)?;
-        let hf = h.reshape((n, hid))?;
-        let chunk = opts.ce_chunk.max(1);
-        let mut loss_sum = 0f64;
-        let mut tokens = 0usize;
-        let mut pieces = Vec::with_capacity(n.div_ceil(chunk));
-        for start in (0..n).step_by(chunk) {
-            let len = chunk.min(n - start);
-            let counted = mask_host[start..start + len].iter().filter(|&&m| m != 0.0).count();
-            if counted == 0 {
-                pieces.push(Tensor::zeros((len, hid), h.dtype(), &self.device)?);
-                continue;
-            }
-            let hv = Var::from_tensor(&hf.narrow(0, start, len)?.contiguous()?)?;
-            let lp = self.head_logprobs(hv.as_tensor())?;
-            let picked = lp.gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?.squeeze(1)?;
-            let loss = (picked * mask.narrow(0, start, len)?)?.sum_all()?.neg()?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            tokens += counted;
-            let grads = (loss * opts.loss_scale as f64)?.backward()?;
-            let gh = grads
-                .get(hv.as_tensor())
-                .cloned()
-                .ok_or_else(|| ModelError::Input("no gradient reached the final hidden state".into()))?;
-            pieces.push(gh);
+        let tokens = mask_host.iter().filter(|&&m| m != 0.0).count();
+        if tokens == 0 {
+            return Ok((0.0, 0, h.zeros_like()?));
         }
-        let g = Tensor::cat(&pieces, 0)?.reshape((b, t, hid))?;
-        Ok((loss_sum, tokens, g))
+        let hv = Var::from_tensor(&h.reshape((n, hid))?)?;
+        let hn = rms_norm_train(hv.as_tensor(), &self.final_norm, self.config.rms_eps)?;
+        let loss = head_cross_entropy(&hn, &self.lm_head, &targets, &mask, opts.ce_chunk)?.sum_all()?;
+        let loss_sum = loss.to_scalar::<f32>()? as f64;
+        let grads = (loss * opts.loss_scale as f64)?.backward()?;
+        let g = grads
+            .get(hv.as_tensor())
+            .ok_or_else(|| ModelError::Input("no gradient reached the final hidden state".into()))?;
+        Ok((loss_sum, tokens, g.reshape((b, t, hid))?))
     }
 
     /// Scoring (no grads): log p(target_t | ids_≤t) for every position, f32 (b, t).
@@ -300,6 +299,72 @@ mod tests {
             assert!(weight_like_bytes * 10 < dense_bytes, "{weight_like_bytes} vs {dense_bytes}");
             for id in &var_ids {
                 assert!(grads.get_id(*id).is_some());
+            }
+        }
+    }
+
+    /// The training path (tiled attention, fused lm_head + cross-entropy, with and without
+    /// recomputation) against one graph of the composite forms differentiated by candle:
+    /// the loss and every LoRA tensor's gradient, over packed segments and masked positions.
+    #[test]
+    fn fused_training_path_matches_composite_loss_and_lora_gradients() {
+        use rand::{Rng, SeedableRng};
+        let cfg = ModelConfig::from_shape_name("tiny-qwen2").unwrap();
+        let base = Base::random(&cfg, QuantKind::Nf4, 3, &LoadOptions::default()).unwrap();
+        let ad = Adapter::new(&cfg, &LoraConfig::default(), 2, &Device::Cpu).unwrap();
+        // B starts at zero in a fresh adapter, which would leave A's gradient zero on both sides.
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        for (_, v) in ad.vars() {
+            let x: Vec<f32> = (0..v.elem_count()).map(|_| r.random_range(-0.05f32..0.05)).collect();
+            v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let (b, t) = (2, 21);
+        let ids: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 31 + 7) % cfg.vocab_size as u32).collect();
+        let tg: Vec<u32> = ids.iter().map(|i| (i * 13 + 1) % cfg.vocab_size as u32).collect();
+        let seg: Vec<u32> =
+            (0..b * t).map(|p| if p < t { (p / 8) as u32 } else { u32::from(p % t >= 17) }).collect();
+        let mask: Vec<f32> =
+            (0..b * t).map(|p| if p % t >= 17 && p >= t || p % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        let dev = Device::Cpu;
+        let batch = Batch {
+            input_ids: Tensor::from_vec(ids, (b, t), &dev).unwrap(),
+            targets: Tensor::from_vec(tg, (b, t), &dev).unwrap(),
+            loss_mask: Tensor::from_vec(mask, (b, t), &dev).unwrap(),
+            segment_ids: Some(Tensor::from_vec(seg, (b, t), &dev).unwrap()),
+        };
+
+        let mut geo = base.train_geom(b, t, batch.segment_ids.as_ref()).unwrap();
+        geo.composite = true;
+        let mut h = base.embed(&batch.input_ids).unwrap();
+        for li in 0..cfg.num_layers {
+            h = base.block_train(li, &h, &geo, Some(&ad), None).unwrap();
+        }
+        let lp = base.head_logprobs(&h.reshape((b * t, cfg.hidden_size)).unwrap()).unwrap();
+        let picked = lp.gather(&batch.targets.flatten_all().unwrap().unsqueeze(1).unwrap(), 1).unwrap();
+        let want = (picked.squeeze(1).unwrap() * batch.loss_mask.flatten_all().unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .neg()
+            .unwrap();
+        let want_grads = want.backward().unwrap();
+        let want = want.to_scalar::<f32>().unwrap() as f64;
+
+        let rel = |a: &Tensor, b: &Tensor| {
+            let n = |x: Tensor| x.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            n((a - b).unwrap()) / n(b.clone())
+        };
+        for recompute in [false, true] {
+            for ce_chunk in [3, 128] {
+                let opts = TrainOptions { recompute, dropout: false, ce_chunk, loss_scale: 1.0 };
+                let out = base.loss_and_grads(&batch, &ad, &opts).unwrap();
+                assert!(((out.loss_sum - want) / want).abs() < 1e-5, "loss {} vs {want}", out.loss_sum);
+                for (name, v) in ad.vars() {
+                    let g = out.grads.get(v.as_tensor()).unwrap();
+                    let w = want_grads.get(v.as_tensor()).unwrap();
+                    let e = rel(g, w);
+                    assert!(e < 1e-5, "recompute {recompute}, chunk {ce_chunk}: {name} off by {e}");
+                }
             }
         }
     }

@@ -2,23 +2,30 @@
 //! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring;
 //! tokenizing, chat templates, text generation, and installing models into the data dir.
 
+pub mod attention;
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_attn;
 #[cfg(feature = "cuda")]
 pub mod cuda_dequant;
 #[cfg(feature = "cuda")]
 pub mod cuda_dropout;
 #[cfg(feature = "cuda")]
 pub mod cuda_mem;
+mod custom_op;
 pub mod decoder;
 pub mod error;
 pub mod fetch;
+pub mod fused_ce;
 pub mod generate;
 pub mod info;
 pub mod load;
 pub mod lora;
+pub mod lora_op;
 pub mod loss;
 pub mod nf4;
+pub mod phases;
 pub mod qlinear;
 #[cfg(target_arch = "x86_64")]
 mod qmm_cpu;

@@ -153,26 +153,31 @@ impl CustomOp1 for FrozenMatMul {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        #[cfg(feature = "cuda")]
-        if grad.device().is_cuda() {
-            if let Some(gx) = super::cuda_dequant::input_grad(&self.0, grad)? {
-                return Ok(Some(gx.reshape(arg.shape())?));
-            }
-        }
-        let (n, k) = self.0.dims();
-        let m = grad.elem_count() / n;
-        let g2 = grad.reshape((m, n))?;
-        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
-            if q.device().is_cpu() && n * k > BWD_SLICE_ELEMS {
-                return Ok(Some(sliced_bwd(q, &g2, n, k)?.reshape(arg.shape())?));
-            }
-        }
-        let w = self.dense_weight(grad.dtype())?;
-        let gx = g2.matmul(&w)?;
-        drop(w);
-        debug_assert_eq!(gx.dims2()?, (m, k));
-        Ok(Some(gx.reshape(arg.shape())?))
+        Ok(Some(input_grad(&self.0, grad)?.reshape(arg.shape())?))
     }
+}
+
+/// `∂L/∂x (m, k) = ∂L/∂y (…, n) · W` in grad's dtype, never holding more of W densely than one
+/// slice where W is large.
+fn input_grad(weight: &FrozenWeight, grad: &Tensor) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if grad.device().is_cuda() {
+        if let Some(gx) = super::cuda_dequant::input_grad(weight, grad)? {
+            return Ok(gx);
+        }
+    }
+    let (n, k) = weight.dims();
+    let m = grad.elem_count() / n;
+    let g2 = grad.reshape((m, n))?;
+    if let FrozenWeight::Ggml(q) = weight {
+        if q.device().is_cpu() && n * k > BWD_SLICE_ELEMS {
+            return sliced_bwd(q, &g2, n, k);
+        }
+    }
+    let w = weight.dequantize(grad.dtype()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let gx = g2.matmul(&w.contiguous()?)?;
+    debug_assert_eq!(gx.dims2()?, (m, k));
+    Ok(gx)
 }
 
 /// Above this many weights (16 MiB in f32) the backward dequantizes row slices one
@@ -293,6 +298,14 @@ impl FrozenLinear {
             });
         }
         Ok(Some(ys))
+    }
+
+    /// The input gradient of [`Self::forward`] for an output gradient `grad_y (…, out)`, as
+    /// (rows, in) in grad's dtype (the bias has no effect on it).
+    pub fn input_grad(&self, grad_y: &Tensor) -> Result<Tensor> {
+        let (n, k) = self.dims();
+        let gx = input_grad(&self.weight, grad_y)?;
+        Ok(gx.reshape((grad_y.elem_count() / n, k))?)
     }
 
     /// Quantizes a dense (out, in) matrix to a GGUF block type.

@@ -8,6 +8,8 @@
 //! demo and the service share.
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+mod cuda_adamw;
 pub mod dataset;
 pub mod dense;
 pub mod device;

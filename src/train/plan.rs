@@ -107,19 +107,22 @@ pub struct NoFit {
 }
 
 /// Activation elements alive per token per block at the start of backward
-/// (no recomputation): hidden-sized tensors (norms, residuals, projection
-/// outputs and LoRA deltas, rotary parts, dropout masks), MLP-sized ones
-/// (gate, up, their deltas and masks, SiLU and product), key/value-sized ones,
-/// and the LoRA bottlenecks. Fitted to peak RSS of SmolLM2-135M on CPU at
-/// seq 64/128/256 with and without recomputation (bench/train-cpu.md).
-const PER_TOKEN_HIDDEN: f64 = 48.0;
-const PER_TOKEN_INTER: f64 = 16.0;
-const PER_TOKEN_KV: f64 = 12.0;
-/// Attention score elements per token, head and key: scores, scaled, masked,
-/// the softmax's parts, and their gradients.
-const PER_SCORE: f64 = 10.5;
-/// Logit-sized f32 buffers alive per CE chunk: logits, log-softmax parts, gradients.
-const LOGIT_COPIES: f64 = 7.0;
+/// (no recomputation), counted from the training graph: hidden-sized tensors
+/// (the two norms' parts, residuals, frozen outputs, LoRA branch outputs and
+/// their sums, rotary parts, the attention output and its reshaped copy),
+/// MLP-sized ones (gate and up with their branches and sums, SiLU and the
+/// product) and key/value-sized ones. The LoRA branch keeps nothing of its own
+/// and attention keeps no score matrix (both recompute in their backward).
+/// Checked against peak RSS of SmolLM2-135M on CPU at seq 64/128/256 with and
+/// without recomputation (tests/train_plan.rs).
+const PER_TOKEN_HIDDEN: f64 = 24.0;
+const PER_TOKEN_INTER: f64 = 8.0;
+const PER_TOKEN_KV: f64 = 11.0;
+/// Score-sized f32 tensors alive at once inside one attention tile (scores,
+/// probabilities, their gradient and the accumulating parts).
+const TILE_COPIES: f64 = 5.0;
+/// Logit-sized f32 tensors alive at once in a cross-entropy chunk.
+const LOGIT_COPIES: f64 = 3.0;
 /// With recomputation: the replayed block's graph plus its gradients.
 const REPLAY_BLOCKS: f64 = 1.5;
 
@@ -132,14 +135,18 @@ pub fn estimate(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
         + PER_TOKEN_INTER * d.intermediate as f64
         + PER_TOKEN_KV * kv
         + (inp.rank * inp.targets_per_block) as f64 * 2.0;
-    let scores = PER_SCORE * (d.heads * shape.seq_len) as f64;
-    let block = tokens * (per_token + scores) * inp.act_bytes as f64;
+    let seq = shape.seq_len as f64;
+    let rows = shape.micro_batch as f64;
+    // One attention tile at a time, plus the (t, t) additive mask table.
+    let tile = (rows * d.heads as f64 * seq * seq).min(crate::model::attention::TILE_ELEMS as f64);
+    let attention = (TILE_COPIES * tile + rows * seq * seq) * 4.0;
+    let block = tokens * per_token * inp.act_bytes as f64 + attention;
     let inputs = tokens * d.hidden as f64 * inp.act_bytes as f64 * d.layers as f64;
     let acts = if shape.recompute {
         inputs + REPLAY_BLOCKS * block
     } else {
         // Every block's graph, and the gradients of the one backward is in.
-        block * (d.layers as f64 + 1.0)
+        (block - attention) * (d.layers as f64 + 1.0) + attention
     };
     let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
     let mut logits = LOGIT_COPIES * chunk * d.vocab as f64 * 4.0;

@@ -203,7 +203,7 @@ pub fn plan_input(base: &Base, lora: &LoraConfig, host_data_bytes: u64) -> PlanI
         rank: lora.rank,
         targets_per_block: lora.targets.len(),
         act_bytes: base.dtype().size_in_bytes(),
-        ce_chunk: 128,
+        ce_chunk: crate::model::loss::DEFAULT_CE_CHUNK,
         host_data_bytes,
     }
 }

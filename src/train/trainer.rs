@@ -19,7 +19,8 @@ use super::plan;
 use super::scaler::LossScaler;
 use super::schedule::Schedule;
 use super::TrainError;
-use crate::model::{Adapter, Base, Batch, TrainOptions};
+use crate::model::loss::DEFAULT_CE_CHUNK;
+use crate::model::{phases, Adapter, Base, Batch, TrainOptions};
 
 /// Figures of one optimizer step.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -98,7 +99,7 @@ impl<'a> Trainer<'a> {
             schedule,
             scaler,
             grad_clip,
-            ce_chunk: 128,
+            ce_chunk: DEFAULT_CE_CHUNK,
             dropout: adapter.lora().dropout > 0.0,
             step: 0,
             seed,
@@ -177,14 +178,18 @@ impl<'a> Trainer<'a> {
 
     fn step_inner(&mut self, data: &mut RowStream) -> Result<StepReport, TrainError> {
         let t0 = Instant::now();
+        let dev = self.base.device().clone();
+        phases::start(&dev);
         let StepGrads { mut grads, loss_sum, tokens, positions } = self.accumulate(data)?;
+        phases::mark(&dev, "gradient sums");
         let lr = self.schedule.lr(self.step);
         let mut grad_norm = None;
         let mut skipped = true;
         if tokens > 0 {
-            let finite = optim::all_finite(&grads)?;
-            if self.scaler.update(finite) {
-                let norm = optim::global_norm(&grads)?;
+            // A NaN or ±inf in any gradient makes the norm non-finite: one pass answers both.
+            let norm = optim::global_norm(&grads)?;
+            phases::mark(&dev, "norm");
+            if self.scaler.update(norm.is_finite()) {
                 let f = optim::clip_factor(norm, self.grad_clip);
                 if f != 1.0 {
                     for g in &mut grads {
@@ -192,6 +197,7 @@ impl<'a> Trainer<'a> {
                     }
                 }
                 self.opt.step(&grads, lr)?;
+                phases::mark(&dev, "clip+optimizer");
                 grad_norm = Some(norm);
                 skipped = false;
             } else {
@@ -203,6 +209,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.step += 1;
+        phases::report();
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepReport {
             step: self.step,
