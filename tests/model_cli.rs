@@ -155,8 +155,9 @@ const LLAMA_CPP_GREEDY: &[(&str, &str)] = &[
     ),
 ];
 
+/// The first n words, trailing punctuation dropped ("1,000°C," and "1,000°C" are one word).
 fn first_words(s: &str, n: usize) -> Vec<&str> {
-    s.split_whitespace().take(n).collect()
+    s.split_whitespace().take(n).map(|w| w.trim_end_matches(|c: char| c.is_ascii_punctuation())).collect()
 }
 
 #[test]

@@ -272,7 +272,7 @@ impl Base {
         let last = h.narrow(1, t - 1, 1)?;
         let last =
             candle_nn::ops::rms_norm(&last.contiguous()?, &self.final_norm, self.config.rms_eps as f32)?;
-        let logits = self.lm_head.forward(&last)?;
+        let logits = self.lm_head.forward_infer(&last)?;
         Ok(logits.reshape((b, self.config.vocab_size))?.to_dtype(DType::F32)?)
     }
 
@@ -328,11 +328,13 @@ impl Base {
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let o = att.matmul(&v)?; // (b, nkv, g*t, hd)
         let o = o.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        let h = (h + self.proj(li, Target::O, &o, adapter, None)?)?;
+        let [o] = self.projs(li, [Target::O], &o, adapter)?;
+        let h = (h + o)?;
         let x = candle_nn::ops::rms_norm(&h, &layer.mlp_norm, c.rms_eps as f32)?;
         let [gate, up] = self.projs(li, [Target::Gate, Target::Up], &x, adapter)?;
         let m = (candle_nn::ops::silu(&gate)? * up)?;
-        Ok((h + self.proj(li, Target::Down, &m, adapter, None)?)?)
+        let [down] = self.projs(li, [Target::Down], &m, adapter)?;
+        Ok((h + down)?)
     }
 }
 

@@ -112,19 +112,24 @@ impl CustomOp1 for FrozenMatMul {
         if !l.is_contiguous() {
             candle_core::bail!("frozen-matmul: input must be contiguous")
         }
-        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
+        if let (FrozenWeight::Ggml(q), CpuStorage::F32(xs)) = (self.0.as_ref(), s) {
+            // Training and scoring multiply exactly (dequantized slices of W); only
+            // generation rounds inputs to 8 bits, through `forward_infer`.
             let (n, k) = self.0.dims();
-            #[cfg(target_arch = "x86_64")]
-            if let (CpuStorage::F32(xs), true) = (s, qmm_cpu::supports(q.dtype(), k)) {
-                let count = l.shape().elem_count();
-                let x = &xs[l.start_offset()..l.start_offset() + count];
-                let y = qmm_cpu::matmul(q.dtype(), &q.data()?, n, k, x, count / k);
-                let mut dims = l.shape().dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = n;
-                }
-                return Ok((CpuStorage::F32(y), Shape::from(dims)));
+            let count = l.shape().elem_count();
+            let x = Tensor::from_slice(
+                &xs[l.start_offset()..l.start_offset() + count],
+                (count / k, k),
+                &Device::Cpu,
+            )?;
+            let y = sliced_fwd(q, &x, n, k)?;
+            let mut dims = l.shape().dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = n;
             }
+            return Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), Shape::from(dims)));
+        }
+        if let FrozenWeight::Ggml(q) = self.0.as_ref() {
             return q.as_ref().cpu_fwd(s, l);
         }
         let (n, k) = self.0.dims();
@@ -183,6 +188,22 @@ fn input_grad(weight: &FrozenWeight, grad: &Tensor) -> candle_core::Result<Tenso
 /// Above this many weights (16 MiB in f32) the backward dequantizes row slices one
 /// at a time, so a vocabulary-sized lm_head never exists densely.
 const BWD_SLICE_ELEMS: usize = 1 << 22;
+
+/// `x (m, k) · Wᵀ` in f32 over row slices of W, each dequantized and dropped.
+fn sliced_fwd(q: &QTensor, x: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let rows = (BWD_SLICE_ELEMS / k).max(1);
+    let mut parts = Vec::with_capacity(n.div_ceil(rows));
+    for r0 in (0..n).step_by(rows) {
+        let r = rows.min(n - r0);
+        let bytes = &data[r0 * row_bytes..(r0 + r) * row_bytes];
+        let sub = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?, (r, k))?;
+        parts.push(x.matmul(&sub.dequantize(&Device::Cpu)?.t()?)?);
+    }
+    Tensor::cat(&parts, 1)
+}
 
 /// `grad (m, n) · W (n, k)` as a sum over row slices of W, each dequantized and dropped.
 fn sliced_bwd(q: &QTensor, g: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
@@ -249,6 +270,14 @@ impl FrozenLinear {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         })
+    }
+
+    /// [`Self::forward`] for generation: on CPU the input is rounded to 8 bits per 32
+    /// values and multiplied on the quantized blocks (as llama.cpp does), much faster
+    /// than the exact product training uses. No gradient.
+    pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        let mut ys = Self::forward_group(&[self], x)?;
+        ys.pop().ok_or_else(|| super::error::ModelError::Input("no projection".into()))
     }
 
     /// `x · Wᵢᵀ (+ bᵢ)` for several projections of one input, as one parallel job

@@ -78,15 +78,15 @@ unsafe fn products_for<B: Blocks>(
     debug_assert!(rows.end * (k / B::VALUES) * B::BYTES <= data.len());
     let d = data.as_ptr();
     match (isa, acts.rows) {
-        (Isa::Vnni, 1) => direct_vnni::<B, 1>(d, rows, k, acts, out),
-        (Isa::Vnni, 2) => direct_vnni::<B, 2>(d, rows, k, acts, out),
-        (Isa::Vnni, 3) => direct_vnni::<B, 3>(d, rows, k, acts, out),
-        (Isa::Vnni, 4) => direct_vnni::<B, 4>(d, rows, k, acts, out),
+        (Isa::Vnni, 1) => direct_vnni::<B, 1>(d, rows, k, acts, out, buf),
+        (Isa::Vnni, 2) => direct_vnni::<B, 2>(d, rows, k, acts, out, buf),
+        (Isa::Vnni, 3) => direct_vnni::<B, 3>(d, rows, k, acts, out, buf),
+        (Isa::Vnni, 4) => direct_vnni::<B, 4>(d, rows, k, acts, out, buf),
         (Isa::Vnni, _) => buffered_vnni::<B>(d, rows, k, acts, out, buf),
-        (Isa::Avx2, 1) => direct_avx2::<B, 1>(d, rows, k, acts, out),
-        (Isa::Avx2, 2) => direct_avx2::<B, 2>(d, rows, k, acts, out),
-        (Isa::Avx2, 3) => direct_avx2::<B, 3>(d, rows, k, acts, out),
-        (Isa::Avx2, 4) => direct_avx2::<B, 4>(d, rows, k, acts, out),
+        (Isa::Avx2, 1) => direct_avx2::<B, 1>(d, rows, k, acts, out, buf),
+        (Isa::Avx2, 2) => direct_avx2::<B, 2>(d, rows, k, acts, out, buf),
+        (Isa::Avx2, 3) => direct_avx2::<B, 3>(d, rows, k, acts, out, buf),
+        (Isa::Avx2, 4) => direct_avx2::<B, 4>(d, rows, k, acts, out, buf),
         (Isa::Avx2, _) => buffered_avx2::<B>(d, rows, k, acts, out, buf),
     }
 }
@@ -102,12 +102,6 @@ macro_rules! dot_bytes {
 
 /// How far ahead of the block being decoded the weight bytes are requested.
 const PREFETCH: usize = 4096;
-
-/// The input half-block sums of block `xi`, in lanes 0 and 1.
-#[inline(always)]
-unsafe fn sums(acts: &Acts, xi: usize) -> __m128 {
-    _mm_castpd_ps(_mm_load_sd(acts.s.as_ptr().add(xi) as *const f64))
-}
 
 #[inline(always)]
 unsafe fn total(a: __m256, b: __m256, off: __m128) -> f32 {
@@ -128,6 +122,7 @@ macro_rules! products {
             k: usize,
             acts: &Acts,
             out: Out,
+            buf: &mut RowBuf,
         ) {
             let nb = k / QK;
             let nsb = k / B::VALUES;
@@ -137,17 +132,19 @@ macro_rules! products {
                 let row = data.add(r * row_bytes);
                 // Two accumulators per input row, one per stored block parity, so the
                 // FMA latency does not serialize single-row generation.
+                // The same sums in the same order as the buffered product, so a row's
+                // result does not depend on how many rows come with it.
                 let mut acc = [[_mm256_setzero_ps(); R]; 2];
-                let mut off = [_mm_setzero_ps(); R];
-                let mut block = |sb: usize, acc: &mut [__m256; R]| {
+                let offs = buf.offset.as_mut_ptr();
+                let block = |sb: usize, acc: &mut [__m256; R]| {
                     B::decode(row.add(sb * B::BYTES), |j, q, sc, o| {
                         let b = sb * (B::VALUES / QK) + j;
+                        _mm_store_sd(offs.add(b) as *mut f64, _mm_castps_pd(o));
                         for i in 0..R {
                             let xi = i * nb + b;
                             let p = dot_bytes!($vnni, q, _mm256_loadu_si256(xq.add(xi)));
                             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(p), sc);
                             acc[i] = _mm256_fmadd_ps(t, _mm256_set1_ps(*acts.d.get_unchecked(xi)), acc[i]);
-                            off[i] = _mm_fmadd_ps(o, sums(acts, xi), off[i]);
                         }
                     })
                 };
@@ -165,7 +162,7 @@ macro_rules! products {
                     block(sb, acc0);
                 }
                 for i in 0..R {
-                    *out.ptr.add(i * out.n + r) = total(acc[0][i], acc[1][i], off[i]);
+                    *out.ptr.add(i * out.n + r) = total(acc[0][i], acc[1][i], offsets(buf, acts, i));
                 }
             }
         }
@@ -184,13 +181,13 @@ macro_rules! products {
                     decode_row::<B>(data, r, k, buf);
                     let mut i = inputs.start;
                     while i + 4 <= inputs.end {
-                        $group::<4>(buf, acts, i, out, r);
+                        $group::<4>(buf, acts, i, out, r, B::VALUES / QK);
                         i += 4;
                     }
                     match inputs.end - i {
-                        3 => $group::<3>(buf, acts, i, out, r),
-                        2 => $group::<2>(buf, acts, i, out, r),
-                        1 => $group::<1>(buf, acts, i, out, r),
+                        3 => $group::<3>(buf, acts, i, out, r, B::VALUES / QK),
+                        2 => $group::<2>(buf, acts, i, out, r, B::VALUES / QK),
+                        1 => $group::<1>(buf, acts, i, out, r, B::VALUES / QK),
                         _ => {}
                     }
                 }
@@ -198,11 +195,21 @@ macro_rules! products {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn $group<const R: usize>(buf: &RowBuf, acts: &Acts, first: usize, out: Out, r: usize) {
+        /// `sub`: 32-value blocks per stored block; blocks alternate accumulators by
+        /// stored block, as in the direct product.
+        unsafe fn $group<const R: usize>(
+            buf: &RowBuf,
+            acts: &Acts,
+            first: usize,
+            out: Out,
+            r: usize,
+            sub: usize,
+        ) {
             let nb = acts.blocks;
             let xq = acts.q.as_ptr() as *const __m256i;
-            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc = [[_mm256_setzero_ps(); R]; 2];
             for b in 0..nb {
+                let acc = &mut acc[(b / sub) & 1];
                 let q = *buf.q.get_unchecked(b);
                 let sc = *buf.scale.get_unchecked(b);
                 for i in 0..R {
@@ -214,7 +221,7 @@ macro_rules! products {
             }
             for i in 0..R {
                 let row = first + i;
-                *out.ptr.add(row * out.n + r) = total(acc[i], _mm256_setzero_ps(), offsets(buf, acts, row));
+                *out.ptr.add(row * out.n + r) = total(acc[0][i], acc[1][i], offsets(buf, acts, row));
             }
         }
     };

@@ -64,6 +64,7 @@ pub fn supports(dtype: GgmlDType, k: usize) -> bool {
 }
 
 /// `y (m, n) = x (m, k) · Wᵀ` for one weight; see [`matmul_many`].
+#[cfg(test)]
 pub fn matmul(dtype: GgmlDType, data: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
     let mut out = matmul_many(&[Part { dtype, data, rows: n }], k, x, m);
     out.pop().unwrap_or_default()
@@ -97,7 +98,7 @@ fn run(isa: Isa, parts: &[Part<'_>], k: usize, x: &[f32], m: usize) -> Vec<Vec<f
     let total = ends.last().copied().unwrap_or(0);
     let pool = candle_core::utils::barrier_pool();
     pool.execute_chunked(total, |rows| {
-        let mut buf = dot::RowBuf::new(if m > 4 { k } else { 0 });
+        let mut buf = dot::RowBuf::new(k);
         let mut g = rows.start;
         while g < rows.end {
             // The part that global row g falls in, and the stretch of this chunk inside it.
@@ -185,6 +186,26 @@ mod tests {
         }
     }
 
+    /// A row's result must not depend on the rows computed with it (generation
+    /// feeds one row, scoring and training many): bit for bit.
+    #[test]
+    fn each_row_is_the_same_alone_or_in_a_batch() {
+        let (n, k) = (19, 768);
+        for t in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+            if !supports(t, k) {
+                continue;
+            }
+            let w = Tensor::from_vec(data(n * k, 2), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, t).unwrap();
+            let raw = q.data().unwrap();
+            let x = data(70 * k, 9);
+            let all = matmul(t, &raw, n, k, &x, 70);
+            for (i, row) in x.chunks(k).enumerate() {
+                assert_eq!(matmul(t, &raw, n, k, row, 1), all[i * n..(i + 1) * n], "{t:?} row {i}");
+            }
+        }
+    }
+
     #[test]
     fn grouped_weights_equal_separate_products() {
         let k = 256;
@@ -208,6 +229,41 @@ mod tests {
         let together = matmul_many(&parts, k, &x, 6);
         for (p, y) in parts.iter().zip(&together) {
             assert_eq!(y, &matmul(p.dtype, p.data, p.rows, k, &x, 6));
+        }
+    }
+}
+
+#[cfg(test)]
+mod real_weights {
+    use super::*;
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+
+    /// Every projection type of a real GGUF file, several input row counts.
+    #[test]
+    fn real_gguf_weights_match_their_dequantized_product() {
+        let path = std::path::Path::new("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !path.is_file() {
+            return;
+        }
+        let mut f = std::fs::File::open(path).unwrap();
+        let c = gguf_file::Content::read(&mut f).unwrap();
+        for name in
+            ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.3.ffn_gate.weight", "token_embd.weight"]
+        {
+            let q = c.tensor(&mut f, name, &Device::Cpu).unwrap();
+            let (n, k) = q.shape().dims2().unwrap();
+            let wd = q.dequantize(&Device::Cpu).unwrap();
+            for m in [1, 5, 6, 9, 70] {
+                let x: Vec<f32> = (0..m * k).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
+                let got = matmul(q.dtype(), &q.data().unwrap(), n, k, &x, m);
+                let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+                let want: Vec<f32> =
+                    xt.matmul(&wd.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let err = got.iter().zip(&want).fold(0f32, |e, (a, b)| e.max((a - b).abs())) / scale;
+                assert!(err < 2e-2, "{name} m={m}: {err}");
+            }
         }
     }
 }
