@@ -396,21 +396,13 @@ pub(crate) fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Att
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use crate::model::testing::{rand_t as unit_rand, rel};
 
+    /// Scores need a wider spread than unit values to exercise the softmax.
     fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| r.random_range(-1.5f32..1.5)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        (unit_rand(shape, seed) * 1.5).unwrap()
     }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        let s = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        d / s
-    }
+    use candle_core::Var;
 
     /// Values and gradients of q, k and v against the composite form, over packed segments,
     /// grouped heads and tiles that do not divide the length.

@@ -136,21 +136,9 @@ impl CustomOp1 for HeadCe {
 mod tests {
     use super::*;
     use crate::model::qlinear::FrozenWeight;
+    use crate::model::testing::{rand_t, rel};
     use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Var};
-
-    fn rand_t(shape: (usize, usize), seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| r.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        let s = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        d / s
-    }
 
     /// Per-token losses and the hidden-state gradient against log-softmax differentiated by
     /// candle's graph, with masked positions (a whole masked chunk among them), for a dense

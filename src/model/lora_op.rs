@@ -154,19 +154,8 @@ impl CustomOp3 for LoraBranch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::{rand_t, rel};
     use candle_core::Var;
-
-    fn rand_t(shape: (usize, usize), seed: u64) -> Tensor {
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| r.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        let s = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        d / s
-    }
 
     /// Output and the gradients of x, A and B against the branch written with candle ops and
     /// the same mask, with dropout on and off.

@@ -30,6 +30,8 @@ pub mod qlinear;
 #[cfg(target_arch = "x86_64")]
 mod qmm_cpu;
 pub mod sampling;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tokenizer;
 
 pub use config::{Arch, ModelConfig};

@@ -347,14 +347,8 @@ impl FrozenLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::rand_t;
     use candle_core::Var;
-
-    fn rand_t(shape: (usize, usize), seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| r.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
