@@ -189,40 +189,48 @@ fn input_grad(weight: &FrozenWeight, grad: &Tensor) -> candle_core::Result<Tenso
 /// at a time, so a vocabulary-sized lm_head never exists densely.
 const BWD_SLICE_ELEMS: usize = 1 << 22;
 
-/// `x (m, k) · Wᵀ` in f32 over row slices of W, each dequantized and dropped.
-fn sliced_fwd(q: &QTensor, x: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
+/// Calls `f(first_row, slice)` for W's rows in slices of at most `BWD_SLICE_ELEMS`
+/// weights, each dequantized to f32 on the CPU and dropped after the call.
+fn for_each_dense_slice(
+    q: &QTensor,
+    n: usize,
+    k: usize,
+    mut f: impl FnMut(usize, Tensor) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
     let dtype = q.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
     let rows = (BWD_SLICE_ELEMS / k).max(1);
-    let mut parts = Vec::with_capacity(n.div_ceil(rows));
     for r0 in (0..n).step_by(rows) {
         let r = rows.min(n - r0);
         let bytes = &data[r0 * row_bytes..(r0 + r) * row_bytes];
         let sub = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?, (r, k))?;
-        parts.push(x.matmul(&sub.dequantize(&Device::Cpu)?.t()?)?);
+        f(r0, sub.dequantize(&Device::Cpu)?)?;
     }
+    Ok(())
+}
+
+/// `x (m, k) · Wᵀ` in f32, one dense slice of W at a time.
+fn sliced_fwd(q: &QTensor, x: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::new();
+    for_each_dense_slice(q, n, k, |_, w| {
+        parts.push(x.matmul(&w.t()?)?);
+        Ok(())
+    })?;
     Tensor::cat(&parts, 1)
 }
 
-/// `grad (m, n) · W (n, k)` as a sum over row slices of W, each dequantized and dropped.
+/// `grad (m, n) · W (n, k)` as a sum over dense slices of W.
 fn sliced_bwd(q: &QTensor, g: &Tensor, n: usize, k: usize) -> candle_core::Result<Tensor> {
-    let dtype = q.dtype();
-    let row_bytes = k / dtype.block_size() * dtype.type_size();
-    let data = q.data()?;
-    let rows = (BWD_SLICE_ELEMS / k).max(1);
     let mut acc: Option<Tensor> = None;
-    for r0 in (0..n).step_by(rows) {
-        let r = rows.min(n - r0);
-        let bytes = &data[r0 * row_bytes..(r0 + r) * row_bytes];
-        let sub = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?, (r, k))?;
-        let w = sub.dequantize(&Device::Cpu)?.to_dtype(g.dtype())?;
-        let part = g.narrow(1, r0, r)?.matmul(&w)?;
-        acc = Some(match acc {
+    for_each_dense_slice(q, n, k, |r0, w| {
+        let part = g.narrow(1, r0, w.dim(0)?)?.matmul(&w.to_dtype(g.dtype())?)?;
+        acc = Some(match acc.take() {
             None => part,
             Some(a) => (a + part)?,
         });
-    }
+        Ok(())
+    })?;
     acc.ok_or_else(|| candle_core::Error::Msg("empty weight".into()))
 }
 
