@@ -24,6 +24,27 @@ use super::error::{ModelError, Result};
 /// tensors alive at once.
 pub const TILE_ELEMS: usize = 1 << 23;
 
+/// The first position of each position's segment, row-major (b·t), from per-row segment
+/// ids: a position whose id differs from its predecessor's starts a segment. An id may recur
+/// later in the row (a document split by another): only the contiguous run counts.
+pub fn segment_starts(seg: &[u32], b: usize, t: usize) -> Result<Vec<usize>> {
+    if seg.len() != b * t {
+        return Err(ModelError::Input(format!("segment_ids has {} entries, expected {}", seg.len(), b * t)));
+    }
+    let mut starts = vec![0usize; b * t];
+    for r in 0..b {
+        let s = &seg[r * t..(r + 1) * t];
+        let mut start = 0;
+        for i in 0..t {
+            if i > 0 && s[i] != s[i - 1] {
+                start = i;
+            }
+            starts[r * t + i] = start;
+        }
+    }
+    Ok(starts)
+}
+
 /// Which keys each query may see: causal within its segment, nothing across segments.
 #[derive(Debug, Clone)]
 pub struct AttnMask {
@@ -41,27 +62,10 @@ pub struct AttnMask {
 impl AttnMask {
     /// From per-row segment ids (b·t, row-major); positions with a new id start a segment.
     pub fn from_segments(seg: &[u32], b: usize, t: usize, device: &Device) -> Result<Self> {
-        if seg.len() != b * t {
-            return Err(ModelError::Input(format!(
-                "segment_ids has {} entries, expected {}",
-                seg.len(),
-                b * t
-            )));
-        }
-        let mut seg_start = vec![0usize; b * t];
+        let seg_start = segment_starts(seg, b, t)?;
         let mut bias = vec![f32::NEG_INFINITY; b * t * t];
-        for r in 0..b {
-            let s = &seg[r * t..(r + 1) * t];
-            let mut start = 0;
-            for i in 0..t {
-                if i > 0 && s[i] != s[i - 1] {
-                    start = i;
-                }
-                seg_start[r * t + i] = start;
-                // A segment id may recur later in the row (a document split by another):
-                // only the contiguous run counts, so visibility is start..=i.
-                bias[(r * t + i) * t + start..=(r * t + i) * t + i].fill(0.0);
-            }
+        for (p, &start) in seg_start.iter().enumerate() {
+            bias[p * t + start..=p * t + p % t].fill(0.0);
         }
         let bias = Tensor::from_vec(bias, (b, 1, t, t), device)?;
         let seg_start_dev =

@@ -180,6 +180,20 @@ impl Adapter {
         self.vars().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
+    /// The dropout of projection `t` in `layer` at training pass `step`; None when off.
+    pub(crate) fn dropout(&self, layer: usize, t: Target, step: u64) -> Option<Dropout> {
+        (self.lora.dropout > 0.0).then(|| Dropout {
+            seed: mix(self.seed ^ mix(step.wrapping_mul(0x1_0000) + (layer * 8 + t.index()) as u64)),
+            keep: 1.0 - self.lora.dropout,
+        })
+    }
+
+    /// Rewinds the dropout stream (tests that run two paths over the same pass).
+    #[cfg(test)]
+    pub(crate) fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+    }
+
     /// Advances the dropout stream; one call per training forward/backward pass.
     pub(crate) fn next_step(&self) -> u64 {
         self.step.fetch_add(1, Ordering::Relaxed)
@@ -198,13 +212,7 @@ impl Adapter {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
-        let dropout = match (dropout_step, self.lora.dropout > 0.0) {
-            (Some(step), true) => Some(Dropout {
-                seed: mix(self.seed ^ mix(step.wrapping_mul(0x1_0000) + (layer * 8 + t.index()) as u64)),
-                keep: 1.0 - self.lora.dropout,
-            }),
-            _ => None,
-        };
+        let dropout = dropout_step.and_then(|step| self.dropout(layer, t, step));
         let y =
             lora_branch(&x.reshape((rows, inp))?, p.a.as_tensor(), p.b.as_tensor(), self.scale(), dropout)?;
         let mut out_dims = dims;

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
-use rand::{Rng, SeedableRng};
 
 use super::custom_op::{cpu_storage_of, cuda_storage_of, tensor_of};
 use super::error::Result;
@@ -25,16 +24,16 @@ pub struct Dropout {
     pub keep: f64,
 }
 
-/// An f32 mask of `shape`: `1/keep` where kept, else 0; the same for the same seed.
+/// An f32 mask of `shape`: `1/keep` where kept, else 0; the same for the same seed, on the
+/// host and on the device.
 pub fn dropout_mask(dev: &Device, shape: (usize, usize), d: Dropout) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if dev.is_cuda() {
         return Ok(super::cuda_dropout::mask(dev, shape, d.seed, d.keep)?);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed);
-    let inv = (1.0 / d.keep) as f32;
-    let m: Vec<f32> =
-        (0..shape.0 * shape.1).map(|_| if rng.random::<f64>() < d.keep { inv } else { 0.0 }).collect();
+    let mask = super::cpu_train::DropMask { seed: d.seed, keep: d.keep as f32 };
+    let inv = 1.0 / mask.keep;
+    let m: Vec<f32> = (0..shape.0 * shape.1).map(|i| if mask.kept(i) { inv } else { 0.0 }).collect();
     Ok(Tensor::from_vec(m, shape, dev)?)
 }
 

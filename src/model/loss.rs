@@ -75,6 +75,13 @@ impl Batch {
     /// Targets (flattened) with unmasked positions set to 0 so any id is accepted there,
     /// and the mask as f32, both on `device`.
     fn flat_targets(&self, vocab: usize, device: &Device) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let (tg, mask) = self.host_targets(vocab)?;
+        let n = tg.len();
+        Ok((Tensor::from_vec(tg, n, device)?, Tensor::from_vec(mask.clone(), n, device)?, mask))
+    }
+
+    /// [`Batch::flat_targets`] on the host: targets (unmasked positions set to 0) and mask.
+    pub(crate) fn host_targets(&self, vocab: usize) -> Result<(Vec<u32>, Vec<f32>)> {
         let mask: Vec<f32> = self.loss_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let mut tg: Vec<u32> = self.targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
         for (i, (t, m)) in tg.iter_mut().zip(&mask).enumerate() {
@@ -86,8 +93,7 @@ impl Batch {
                 )));
             }
         }
-        let n = tg.len();
-        Ok((Tensor::from_vec(tg, n, device)?, Tensor::from_vec(mask.clone(), n, device)?, mask))
+        Ok((tg, mask))
     }
 }
 
@@ -110,8 +116,24 @@ impl Base {
         Ok(())
     }
 
-    /// Training: loss and gradients of the adapter's vars for one micro-batch.
+    /// Training: loss and gradients of the adapter's vars for one micro-batch. f32 on the
+    /// host runs the CPU path (`cpu_train`), everything else candle's autograd graph.
     pub fn loss_and_grads(&self, batch: &Batch, adapter: &Adapter, opts: &TrainOptions) -> Result<LossOut> {
+        self.check_adapter(adapter)?;
+        batch.dims()?;
+        if self.trains_on_cpu_path() {
+            return self.cpu_loss_and_grads(batch, adapter, opts);
+        }
+        self.loss_and_grads_graph(batch, adapter, opts)
+    }
+
+    /// [`Base::loss_and_grads`] through candle's autograd graph, on any device.
+    pub(crate) fn loss_and_grads_graph(
+        &self,
+        batch: &Batch,
+        adapter: &Adapter,
+        opts: &TrainOptions,
+    ) -> Result<LossOut> {
         self.check_adapter(adapter)?;
         let (b, t) = batch.dims()?;
         let step = adapter.next_step();
@@ -185,7 +207,12 @@ impl Base {
     /// Masked cross-entropy over the final hidden states `h` (b, t, hidden), the lm_head and
     /// loss fused over chunks of positions. Returns the loss sum, the token count and
     /// ∂(loss·scale)/∂h (detached).
-    fn chunked_ce(&self, h: &Tensor, batch: &Batch, opts: &TrainOptions) -> Result<(f64, usize, Tensor)> {
+    pub(crate) fn chunked_ce(
+        &self,
+        h: &Tensor,
+        batch: &Batch,
+        opts: &TrainOptions,
+    ) -> Result<(f64, usize, Tensor)> {
         let (b, t, hid) = h.dims3()?;
         let n = b * t;
         let (targets, mask, mask_host) = batch.flat_targets(self.config.vocab_size, &self.device)?;

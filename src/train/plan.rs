@@ -126,8 +126,61 @@ const LOGIT_COPIES: f64 = 3.0;
 /// With recomputation: the replayed block's graph plus its gradients.
 const REPLAY_BLOCKS: f64 = 1.5;
 
+/// Transient f32 elements per token while one block's backward runs on the CPU path: the
+/// output and residual gradients, the MLP product recomputed with its gradient and the two
+/// projections' gradients, the attention output's and q/k/v's gradients, a dropout scratch.
+const CPU_BACKWARD_HIDDEN: f64 = 6.0;
+const CPU_BACKWARD_INTER: f64 = 4.0;
+
+/// [`estimate`] for the CPU training path (`model::cpu_train`), which holds plain buffers
+/// rather than a graph: per block and token it keeps the two norms' outputs and inverse
+/// RMS, q, k, v after rotation, the attention output and its log-sum-exp, the residual
+/// after attention, gate and up, and each adapted projection's rank-r product.
+fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
+    let d = &inp.dims;
+    let tokens = (shape.micro_batch * shape.seq_len) as f64;
+    let (h, i) = (d.hidden as f64, d.intermediate as f64);
+    let (q, kv) = ((d.heads * d.head_dim) as f64, (d.kv_heads * d.head_dim) as f64);
+    let saved = 3.0 * h
+        + 2.0 * q
+        + 2.0 * kv
+        + 2.0 * i
+        + d.heads as f64
+        + 2.0
+        + (inp.rank * inp.targets_per_block) as f64;
+    let backward = CPU_BACKWARD_HIDDEN * h + CPU_BACKWARD_INTER * i;
+    let inputs = tokens * h * 4.0 * d.layers as f64;
+    let blocks = if shape.recompute { 1.0 } else { d.layers as f64 };
+    let activations = inputs + tokens * (saved * blocks + backward) * 4.0;
+    // A dense head: one chunk of logits plus the normalized states and their gradient; a
+    // quantized one goes through the graph path's op (three chunk-sized copies and, for a
+    // moment, the whole table expanded).
+    let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
+    let logits = if dense {
+        chunk * d.vocab as f64 * 4.0 + 3.0 * tokens * h * 4.0
+    } else {
+        LOGIT_COPIES * chunk * d.vocab as f64 * 4.0 + (d.vocab * d.hidden * 4) as f64
+    };
+    let weights = inp.weight_bytes + if dense { inp.dense_bytes } else { 0 };
+    let lora = inp.lora_params * 4 * 5;
+    let (activations, logits) = (activations as u64, logits as u64);
+    let total = weights + lora + activations + logits + inp.host_data_bytes + CPU_BASELINE_BYTES;
+    Estimate {
+        weights,
+        lora,
+        activations,
+        logits,
+        data: inp.host_data_bytes,
+        runtime: CPU_BASELINE_BYTES,
+        total,
+    }
+}
+
 /// Predicted peak memory of one step of `shape`.
 pub fn estimate(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
+    if inp.device == DeviceKind::Cpu && inp.act_bytes == 4 {
+        return estimate_cpu(inp, shape, dense);
+    }
     let d = &inp.dims;
     let tokens = (shape.micro_batch * shape.seq_len) as f64;
     let kv = (d.kv_heads * d.head_dim) as f64;
@@ -328,7 +381,7 @@ mod tests {
         let full = estimate(&inp, &s, false).total;
         let rc = estimate(&inp, &Shape { recompute: true, ..s }, false).total;
         let mb1 = estimate(&inp, &Shape { micro_batch: 1, ..s }, false).total;
-        assert!(rc < full / 3, "{rc} vs {full}");
+        assert!(rc < full / 2, "{rc} vs {full}");
         assert!(mb1 < full / 2);
     }
 

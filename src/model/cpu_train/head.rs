@@ -1,0 +1,90 @@
+//! The final norm, the lm_head and the masked cross-entropy, forward and backward in one
+//! pass over the positions that carry loss.
+//!
+//! The loss's own gradient is a constant, so each position's logit gradient
+//! `(softmax − onehot) · mask · scale` is known as soon as its logits are: one product forms a
+//! chunk's logits, the softmax turns them into their gradient in place, and a second product
+//! takes that back to the hidden state. The graph path's op needs a third product (it
+//! recomputes the logits in its backward). Positions without loss (prompt tokens, padding)
+//! never meet the head at all.
+
+use rayon::prelude::*;
+
+use super::gemm::{matmul, threads_for, Mat};
+use super::ops;
+
+/// Positions per chunk: (chunk × vocabulary) f32 logits stay near 12 MiB at 49,152 tokens.
+const CHUNK: usize = 64;
+
+/// What one call needs: rows of final hidden states and their targets.
+pub struct HeadInput<'a> {
+    /// (n, hidden) before the final norm.
+    pub h: &'a [f32],
+    pub norm: &'a [f32],
+    pub eps: f32,
+    /// (vocab, hidden).
+    pub w: &'a [f32],
+    pub vocab: usize,
+    pub targets: &'a [u32],
+    pub mask: &'a [f32],
+    /// Multiplies the gradient (loss scaling).
+    pub scale: f32,
+}
+
+/// Returns the masked loss sum and `∂(loss · scale)/∂h` (n, hidden).
+pub fn loss_and_grad(inp: &HeadInput) -> (f64, Vec<f32>) {
+    let hid = inp.norm.len();
+    let n = inp.targets.len();
+    let (mut hn, mut rstd) = (vec![0.0f32; n * hid], vec![0.0f32; n]);
+    ops::rms_norm(inp.h, inp.norm, inp.eps, &mut hn, &mut rstd);
+    let rows: Vec<usize> = (0..n).filter(|&i| inp.mask[i] != 0.0).collect();
+    let mut dhn = vec![0.0f32; n * hid];
+    let mut loss = 0f64;
+    let (mut x, mut g) = (vec![0.0f32; CHUNK * hid], vec![0.0f32; CHUNK * hid]);
+    let mut logits = vec![0.0f32; CHUNK * inp.vocab];
+    let wv = Mat::new(inp.w, inp.vocab, hid);
+    for chunk in rows.chunks(CHUNK) {
+        let m = chunk.len();
+        for (j, &i) in chunk.iter().enumerate() {
+            x[j * hid..(j + 1) * hid].copy_from_slice(&hn[i * hid..(i + 1) * hid]);
+        }
+        let l = &mut logits[..m * inp.vocab];
+        matmul(
+            l,
+            inp.vocab,
+            Mat::new(&x[..m * hid], m, hid),
+            wv.t(),
+            1.0,
+            false,
+            threads_for(m, inp.vocab, hid),
+        );
+        loss += l
+            .par_chunks_mut(inp.vocab)
+            .zip(chunk.par_iter())
+            .map(|(row, &i)| {
+                let coef = inp.mask[i] * inp.scale;
+                let tgt = inp.targets[i] as usize;
+                let picked = row[tgt];
+                let lse = ops::softmax_in_place(row);
+                row.iter_mut().for_each(|p| *p *= coef);
+                row[tgt] -= coef;
+                f64::from((lse - picked) * inp.mask[i])
+            })
+            .sum::<f64>();
+        matmul(
+            &mut g[..m * hid],
+            hid,
+            Mat::new(l, m, inp.vocab),
+            wv,
+            1.0,
+            false,
+            threads_for(m, hid, inp.vocab),
+        );
+        for (j, &i) in chunk.iter().enumerate() {
+            dhn[i * hid..(i + 1) * hid].copy_from_slice(&g[j * hid..(j + 1) * hid]);
+        }
+    }
+    let mut dh = vec![0.0f32; n * hid];
+    ops::rms_norm_backward(inp.h, inp.norm, &rstd, &dhn, &mut dh);
+    (loss, dh)
+}
