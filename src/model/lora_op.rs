@@ -24,8 +24,8 @@ pub struct Dropout {
     pub keep: f64,
 }
 
-/// An f32 mask of `shape`: `1/keep` where kept, else 0; the same for the same seed, on the
-/// host and on the device.
+/// An f32 mask of `shape`: `1/keep` where kept, else 0; the same for the same seed (the
+/// host's and the device's hashes differ: each is reproducible on its own side).
 pub fn dropout_mask(dev: &Device, shape: (usize, usize), d: Dropout) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if dev.is_cuda() {

@@ -5,7 +5,7 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
-mod cpu_train;
+pub(crate) mod cpu_train;
 #[cfg(feature = "cuda")]
 pub mod cuda_attn;
 #[cfg(feature = "cuda")]

@@ -157,7 +157,8 @@ fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     // moment, the whole table expanded).
     let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
     let logits = if dense {
-        chunk * d.vocab as f64 * 4.0 + 3.0 * tokens * h * 4.0
+        let rows = crate::model::cpu_train::head::chunk_rows(d.vocab).min(shape.micro_batch * shape.seq_len);
+        rows as f64 * d.vocab as f64 * 4.0 + 3.0 * tokens * h * 4.0
     } else {
         LOGIT_COPIES * chunk * d.vocab as f64 * 4.0 + (d.vocab * d.hidden * 4) as f64
     };

@@ -61,16 +61,18 @@ fn softmax_tile(s: &mut [f32], kl: usize, shape: &AttnShape, bi: usize, i0: usiz
         row[..lo].fill(0.0);
         row[hi..].fill(0.0);
         let vis = &mut row[lo..hi];
-        let l = match &mut lse {
-            Lse::Saved(saved) => saved[r],
+        match &mut lse {
+            Lse::Saved(saved) => ops::exp_shifted(vis, scale, saved[r]),
             Lse::Compute(out) => {
-                let m = vis.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) * scale;
-                let sum: f32 = vis.iter().map(|&v| ops::exp(v * scale - m)).sum();
-                out[r] = m + sum.ln();
-                out[r]
+                // Every row sees at least its own position, so the max is finite.
+                let m = ops::max(vis) * scale;
+                ops::exp_shifted(vis, scale, m);
+                let total = ops::sum(vis);
+                out[r] = m + total.ln();
+                let inv = 1.0 / total;
+                vis.iter_mut().for_each(|v| *v *= inv);
             }
-        };
-        vis.iter_mut().for_each(|v| *v = ops::exp(*v * scale - l));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use super::{with_f32, with_weight, Geometry};
 use crate::model::decoder::Base;
 use crate::model::error::Result;
 use crate::model::lora::{Adapter, Target};
+use crate::model::phases;
 
 /// What the backward of one block needs from its forward (the input is kept by the caller).
 pub struct Saved {
@@ -220,11 +221,13 @@ impl Base {
         let zeros = |n: usize| vec![0.0f32; n];
         let (mut xn1, mut rstd1) = (zeros(rows * hid), zeros(rows));
         with_f32(&layer.attn_norm, |w| ops::rms_norm(x, w, eps, &mut xn1, &mut rstd1))?;
+        phases::mark(&self.device, "f norm");
         let mut lora_h: [Option<Vec<f32>>; 7] = Default::default();
         let (mut q, mut k, mut v) = (zeros(rows * qd), zeros(rows * kvd), zeros(rows * kvd));
         lora_h[0] = self.cpu_proj(li, Target::Q, &xn1, rows, pass, &mut q)?;
         lora_h[1] = self.cpu_proj(li, Target::K, &xn1, rows, pass, &mut k)?;
         lora_h[2] = self.cpu_proj(li, Target::V, &xn1, rows, pass, &mut v)?;
+        phases::mark(&self.device, "f q/k/v");
         with_f32(&self.cos, |cos| {
             with_f32(&self.sin, |sin| {
                 let rope = Rope { cos, sin, pos: &geo.pos, head_dim: c.head_dim };
@@ -232,20 +235,27 @@ impl Base {
                 rope.apply(&mut k, c.num_kv_heads, false);
             })
         })??;
+        phases::mark(&self.device, "f rope");
         let (mut o, mut lse) = (zeros(rows * qd), zeros(geo.b * c.num_heads * geo.t));
         attn::forward(&self.cpu_attn_shape(geo), &q, &k, &v, &mut o, &mut lse);
+        phases::mark(&self.device, "f attention");
         let mut h1 = zeros(rows * hid);
         lora_h[3] = self.cpu_proj(li, Target::O, &o, rows, pass, &mut h1)?;
         ops::add_into(&mut h1, x);
+        phases::mark(&self.device, "f o");
         let (mut xn2, mut rstd2) = (zeros(rows * hid), zeros(rows));
         with_f32(&layer.mlp_norm, |w| ops::rms_norm(&h1, w, eps, &mut xn2, &mut rstd2))?;
+        phases::mark(&self.device, "f norm");
         let (mut gate, mut up, mut m) = (zeros(rows * mlp), zeros(rows * mlp), zeros(rows * mlp));
         lora_h[4] = self.cpu_proj(li, Target::Gate, &xn2, rows, pass, &mut gate)?;
         lora_h[5] = self.cpu_proj(li, Target::Up, &xn2, rows, pass, &mut up)?;
+        phases::mark(&self.device, "f gate/up");
         ops::swiglu(&gate, &up, &mut m);
+        phases::mark(&self.device, "f swiglu");
         let mut out = zeros(rows * hid);
         lora_h[6] = self.cpu_proj(li, Target::Down, &m, rows, pass, &mut out)?;
         ops::add_into(&mut out, &h1);
+        phases::mark(&self.device, "f down");
         let saved = Saved { rstd1, xn1, q, k, v, o, lse, h1, rstd2, xn2, gate, up, lora_h };
         Ok((out, saved))
     }
@@ -277,8 +287,10 @@ impl Base {
         ops::swiglu(&s.gate, &s.up, &mut m);
         let mut dm = zeros(rows * mlp);
         self.cpu_proj_backward(li, Target::Down, &m, h(Target::Down), &dh, rows, pass, Some(&mut dm), grads)?;
+        phases::mark(&self.device, "b down");
         let (mut dgate, mut dup) = (m, zeros(rows * mlp));
         ops::swiglu_backward(&s.gate, &s.up, &dm, &mut dgate, &mut dup);
+        phases::mark(&self.device, "b swiglu");
         drop(dm);
         let mut dxn = zeros(rows * hid);
         self.cpu_proj_backward(
@@ -304,9 +316,12 @@ impl Base {
             grads,
         )?;
         drop((dgate, dup));
+        phases::mark(&self.device, "b gate/up");
         with_f32(&layer.mlp_norm, |w| ops::rms_norm_backward(&s.h1, w, &s.rstd2, &dxn, &mut dh))?;
+        phases::mark(&self.device, "b norm");
         let mut d_o = zeros(rows * qd);
         self.cpu_proj_backward(li, Target::O, &s.o, h(Target::O), &dh, rows, pass, Some(&mut d_o), grads)?;
+        phases::mark(&self.device, "b o");
         let (mut dq, mut dk, mut dv) = (zeros(rows * qd), zeros(rows * kvd), zeros(rows * kvd));
         attn::backward(
             &self.cpu_attn_shape(geo),
@@ -321,6 +336,7 @@ impl Base {
             &mut dv,
         );
         drop(d_o);
+        phases::mark(&self.device, "b attention");
         with_f32(&self.cos, |cos| {
             with_f32(&self.sin, |sin| {
                 let rope = Rope { cos, sin, pos: &geo.pos, head_dim: c.head_dim };
@@ -328,6 +344,7 @@ impl Base {
                 rope.apply(&mut dk, c.num_kv_heads, true);
             })
         })??;
+        phases::mark(&self.device, "b rope");
         dxn.fill(0.0);
         let mut gx = if need_dx { Some(dxn.as_mut_slice()) } else { None };
         self.cpu_proj_backward(
@@ -353,10 +370,12 @@ impl Base {
             grads,
         )?;
         self.cpu_proj_backward(li, Target::V, &s.xn1, h(Target::V), &dv, rows, pass, gx, grads)?;
+        phases::mark(&self.device, "b q/k/v");
         if !need_dx {
             return Ok(None);
         }
         with_f32(&layer.attn_norm, |w| ops::rms_norm_backward(x, w, &s.rstd1, &dxn, &mut dh))?;
+        phases::mark(&self.device, "b norm");
         Ok(Some(dh))
     }
 }

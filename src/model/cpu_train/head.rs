@@ -13,8 +13,15 @@ use rayon::prelude::*;
 use super::gemm::{matmul, threads_for, Mat};
 use super::ops;
 
-/// Positions per chunk: (chunk × vocabulary) f32 logits stay near 12 MiB at 49,152 tokens.
-const CHUNK: usize = 64;
+/// Bytes of logits one chunk may hold.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// Positions per chunk for a vocabulary: as many as [`CHUNK_BYTES`] of f32 logits hold (341
+/// at 49,152 tokens, 110 at 151,936), at least 64. Each product re-packs the whole head, so
+/// a chunk of 64 spent more time packing than multiplying.
+pub fn chunk_rows(vocab: usize) -> usize {
+    (CHUNK_BYTES / 4 / vocab.max(1)).max(64)
+}
 
 /// What one call needs: rows of final hidden states and their targets.
 pub struct HeadInput<'a> {
@@ -40,10 +47,11 @@ pub fn loss_and_grad(inp: &HeadInput) -> (f64, Vec<f32>) {
     let rows: Vec<usize> = (0..n).filter(|&i| inp.mask[i] != 0.0).collect();
     let mut dhn = vec![0.0f32; n * hid];
     let mut loss = 0f64;
-    let (mut x, mut g) = (vec![0.0f32; CHUNK * hid], vec![0.0f32; CHUNK * hid]);
-    let mut logits = vec![0.0f32; CHUNK * inp.vocab];
+    let chunk_len = chunk_rows(inp.vocab).min(rows.len().max(1));
+    let (mut x, mut g) = (vec![0.0f32; chunk_len * hid], vec![0.0f32; chunk_len * hid]);
+    let mut logits = vec![0.0f32; chunk_len * inp.vocab];
     let wv = Mat::new(inp.w, inp.vocab, hid);
-    for chunk in rows.chunks(CHUNK) {
+    for chunk in rows.chunks(chunk_len) {
         let m = chunk.len();
         for (j, &i) in chunk.iter().enumerate() {
             x[j * hid..(j + 1) * hid].copy_from_slice(&hn[i * hid..(i + 1) * hid]);

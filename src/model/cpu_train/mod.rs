@@ -14,7 +14,7 @@
 mod attn;
 mod block;
 mod gemm;
-mod head;
+pub(crate) mod head;
 mod ops;
 
 use candle_core::backprop::GradStore;

@@ -17,7 +17,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32])
     y.par_chunks_mut(h * per).zip(rstd.par_chunks_mut(per)).enumerate().for_each(|(c, (ys, rs))| {
         for (r, (yr, rr)) in ys.chunks_mut(h).zip(rs.iter_mut()).enumerate() {
             let xr = &x[(c * per + r) * h..(c * per + r + 1) * h];
-            let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+            let ms = xr.iter().fold(0.0f32, |a, v| a + v * v) / h as f32;
             let s = 1.0 / (ms + eps).sqrt();
             *rr = s;
             for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
@@ -109,17 +109,49 @@ pub fn exp(x: f32) -> f32 {
     e * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
+/// Sum with eight independent accumulators: a single running sum is a dependency chain the
+/// compiler may not reorder, so it would stay scalar.
+#[inline]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element (−∞ for none), vectorized as [`sum`] is.
+#[inline]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter().fold(tail, |a, &v| if v > a { v } else { a })
+}
+
+/// `xs[i] = exp(xs[i] · scale − shift)`.
+#[inline]
+pub fn exp_shifted(xs: &mut [f32], scale: f32, shift: f32) {
+    xs.iter_mut().for_each(|v| *v = exp(*v * scale - shift));
+}
+
 /// Softmax of `row` in place; returns the log-sum-exp.
 pub fn softmax_in_place(row: &mut [f32]) -> f32 {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
-        *v = exp(*v - m);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let m = max(row);
+    exp_shifted(row, 1.0, m);
+    let total = sum(row);
+    let inv = 1.0 / total;
     row.iter_mut().for_each(|v| *v *= inv);
-    m + sum.ln()
+    m + total.ln()
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -151,7 +183,8 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dm: &[f32], dgate: &mut [f32], 
 }
 
 /// Inverted dropout whose mask is a hash of (seed, element index): the same mask on every
-/// device and on every recomputation, with no generator state to carry.
+/// recomputation, with no generator state to carry. One 64-bit hash decides four elements
+/// (16 bits each, so a keep probability is honoured to 1/65,536).
 #[derive(Debug, Clone, Copy)]
 pub struct DropMask {
     pub seed: u64,
@@ -159,14 +192,34 @@ pub struct DropMask {
 }
 
 impl DropMask {
-    #[inline]
-    pub fn kept(&self, i: usize) -> bool {
-        let mut z = self.seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    #[inline(always)]
+    fn hash(&self, group: usize) -> u64 {
+        let mut z = self.seed.wrapping_add((group as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // 24 bits, uniform in [0, 1), exactly representable in f32.
-        ((z >> 40) as f32) * (1.0 / 16_777_216.0) < self.keep
+        z ^ (z >> 31)
+    }
+
+    #[inline(always)]
+    fn threshold(&self) -> u64 {
+        (f64::from(self.keep) * 65_536.0).round() as u64
+    }
+
+    #[inline]
+    pub fn kept(&self, i: usize) -> bool {
+        (self.hash(i / 4) >> (16 * (i % 4))) & 0xFFFF < self.threshold()
+    }
+
+    /// Calls `f(i, kept)` for elements `o..o + n` (`o` a multiple of 4), one hash per four.
+    #[inline(always)]
+    fn each(&self, o: usize, n: usize, mut f: impl FnMut(usize, bool)) {
+        let thr = self.threshold();
+        for g in (0..n).step_by(4) {
+            let z = self.hash((o + g) / 4);
+            for l in 0..4.min(n - g) {
+                f(g + l, (z >> (16 * l)) & 0xFFFF < thr);
+            }
+        }
     }
 
     /// `out[i] = src[i] / keep` where kept, else 0.
@@ -174,9 +227,8 @@ impl DropMask {
         let inv = 1.0 / self.keep;
         out.par_chunks_mut(16_384).enumerate().for_each(|(c, os)| {
             let o = c * 16_384;
-            for (i, v) in os.iter_mut().enumerate() {
-                *v = if self.kept(o + i) { src[o + i] * inv } else { 0.0 };
-            }
+            let n = os.len();
+            self.each(o, n, |i, k| os[i] = if k { src[o + i] * inv } else { 0.0 });
         });
     }
 
@@ -185,11 +237,12 @@ impl DropMask {
         let inv = 1.0 / self.keep;
         dst.par_chunks_mut(16_384).enumerate().for_each(|(c, ds)| {
             let o = c * 16_384;
-            for (i, v) in ds.iter_mut().enumerate() {
-                if self.kept(o + i) {
-                    *v += src[o + i] * inv;
+            let n = ds.len();
+            self.each(o, n, |i, k| {
+                if k {
+                    ds[i] += src[o + i] * inv
                 }
-            }
+            });
         });
     }
 }
@@ -228,5 +281,26 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1e30) < 1e-37 && exp(-1e30) >= 0.0);
+    }
+
+    /// The mask keeps about `keep` of the elements, the same ones every time, and the
+    /// bulk forms agree with the per-element one.
+    #[test]
+    fn dropout_mask_rate_and_forms_agree() {
+        let m = DropMask { seed: 42, keep: 0.95 };
+        let n = 100_003;
+        let kept = (0..n).filter(|&i| m.kept(i)).count() as f64 / n as f64;
+        assert!((kept - 0.95).abs() < 0.003, "kept {kept}");
+        let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut out = vec![0.0; n];
+        m.apply(&src, &mut out);
+        let mut acc = vec![1.0; n];
+        m.add_masked(&src, &mut acc);
+        for i in 0..n {
+            let want = if m.kept(i) { src[i] * (1.0 / 0.95f32) } else { 0.0 };
+            assert_eq!(out[i], want);
+            assert_eq!(acc[i], 1.0 + want);
+        }
+        assert!(DropMask { seed: 1, keep: 1.0 }.kept(7));
     }
 }
