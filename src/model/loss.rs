@@ -236,6 +236,15 @@ impl Base {
         if let Some(a) = adapter {
             self.check_adapter(a)?;
         }
+        batch.dims()?;
+        if self.trains_on_cpu_path() && self.lm_head.bias().is_none() {
+            return self.cpu_target_logprobs(batch, adapter);
+        }
+        self.target_logprobs_graph(batch, adapter)
+    }
+
+    /// [`Base::target_logprobs`] through the decoder's tensor ops, on any device.
+    pub(crate) fn target_logprobs_graph(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
         let (b, t) = batch.dims()?;
         let geo: TrainGeom = self.train_geom(b, t, batch.segment_ids.as_ref())?;
         let mut h = self.embed(&batch.input_ids.to_device(&self.device)?)?;

@@ -96,3 +96,72 @@ pub fn loss_and_grad(inp: &HeadInput) -> (f64, Vec<f32>) {
     ops::rms_norm_backward(inp.h, inp.norm, &rstd, &dhn, &mut dh);
     (loss, dh)
 }
+
+/// Teacher-forced log-probabilities of targets, the head walked in vocabulary slices with a
+/// running log-sum-exp per position, so a quantized head is expanded one slice at a time.
+pub struct TargetLogProbs<'a> {
+    hn: Vec<f32>,
+    hid: usize,
+    targets: &'a [u32],
+    /// Running max, sum of exp(logit − max), and the target's logit, per position.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    picked: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl<'a> TargetLogProbs<'a> {
+    /// From final hidden states `h` (n, hidden) before the final norm.
+    pub fn new(h: &[f32], norm: &[f32], eps: f32, targets: &'a [u32]) -> Self {
+        let (n, hid) = (targets.len(), norm.len());
+        let (mut hn, mut rstd) = (vec![0.0f32; n * hid], vec![0.0f32; n]);
+        ops::rms_norm(h, norm, eps, &mut hn, &mut rstd);
+        Self {
+            hn,
+            hid,
+            targets,
+            max: vec![f32::NEG_INFINITY; n],
+            sum: vec![0.0; n],
+            picked: vec![0.0; n],
+            logits: Vec::new(),
+        }
+    }
+
+    /// Takes head rows `v0..v0 + w.len()/hidden` (row-major f32) into every position.
+    pub fn add_slice(&mut self, v0: usize, w: &[f32]) {
+        let (n, hid) = (self.targets.len(), self.hid);
+        let nr = w.len() / hid;
+        self.logits.resize(n * nr, 0.0);
+        matmul(
+            &mut self.logits,
+            nr,
+            Mat::new(&self.hn, n, hid),
+            Mat::new(w, nr, hid).t(),
+            1.0,
+            false,
+            threads_for(n, nr, hid),
+        );
+        let targets = self.targets;
+        self.logits
+            .par_chunks_mut(nr)
+            .zip(self.max.par_iter_mut())
+            .zip(self.sum.par_iter_mut())
+            .zip(self.picked.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (((row, m), s), p))| {
+                let t = targets[i] as usize;
+                if (v0..v0 + nr).contains(&t) {
+                    *p = row[t - v0];
+                }
+                let new_m = m.max(ops::max(row));
+                ops::exp_shifted(row, 1.0, new_m);
+                *s = *s * ops::exp(*m - new_m) + ops::sum(row);
+                *m = new_m;
+            });
+    }
+
+    /// `log p(target)` per position.
+    pub fn finish(self) -> Vec<f32> {
+        self.picked.iter().zip(&self.max).zip(&self.sum).map(|((p, m), s)| p - (m + s.ln())).collect()
+    }
+}

@@ -26,7 +26,7 @@ use super::error::{ModelError, Result};
 use super::lora::Adapter;
 use super::loss::{Batch, LossOut, TrainOptions};
 use super::phases;
-use super::qlinear::FrozenWeight;
+use super::qlinear::{for_each_dense_slice, FrozenWeight, BWD_SLICE_ELEMS};
 use block::Pass;
 pub(crate) use ops::DropMask;
 
@@ -50,6 +50,26 @@ fn with_weight<R>(w: &FrozenWeight, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         FrozenWeight::Dense(t) => with_f32(t, f),
         other => with_f32(&other.dequantize(DType::F32)?, f),
     }
+}
+
+/// Calls `f(first_row, rows)` over row slices of a frozen weight as dense f32, each at most
+/// a few MiB: borrowed from a dense copy, expanded slice by slice from GGUF blocks.
+fn for_each_weight_rows(w: &FrozenWeight, mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+    let (n, k) = w.dims();
+    match w {
+        FrozenWeight::Ggml(q) if q.device().is_cpu() => {
+            for_each_dense_slice(q, n, k, |r0, t| {
+                with_f32(&t, |s| f(r0, s)).map_err(candle_core::Error::wrap)
+            })?;
+        }
+        _ => with_weight(w, |all| {
+            let rows = (BWD_SLICE_ELEMS / k.max(1)).max(1);
+            for r0 in (0..n).step_by(rows) {
+                f(r0, &all[r0 * k..(r0 + rows).min(n) * k]);
+            }
+        })?,
+    }
+    Ok(())
 }
 
 /// Per-position geometry of a batch: positions restart at each packed segment, and no
@@ -82,6 +102,31 @@ impl Base {
     /// Whether training runs on the CPU path of this module (f32 on the host).
     pub(crate) fn trains_on_cpu_path(&self) -> bool {
         self.device.is_cpu() && self.dtype == DType::F32
+    }
+
+    /// Scoring on the CPU path: `log p(target_t | ids_≤t)` for every position, (b, t) f32;
+    /// see [`Base::target_logprobs`].
+    pub(crate) fn cpu_target_logprobs(&self, batch: &Batch, adapter: Option<&Adapter>) -> Result<Tensor> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let pass = Pass { adapter, dropout_step: None };
+        let geo = Geometry::new(self, b, t, batch.segment_ids.as_ref())?;
+        let mut h: Vec<f32> = self.embed(&batch.input_ids)?.flatten_all()?.to_vec1()?;
+        for li in 0..self.layers.len() {
+            h = self.cpu_block_forward(li, &h, &geo, &pass)?.0;
+        }
+        let vocab = self.config.vocab_size;
+        let mut targets: Vec<u32> = batch.targets.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+        targets.iter_mut().for_each(|x| {
+            if *x as usize >= vocab {
+                *x = 0
+            }
+        });
+        let lp = with_f32(&self.final_norm, |norm| -> Result<Vec<f32>> {
+            let mut acc = head::TargetLogProbs::new(&h, norm, self.config.rms_eps as f32, &targets);
+            for_each_weight_rows(self.lm_head.weight(), |r0, w| acc.add_slice(r0, w))?;
+            Ok(acc.finish())
+        })??;
+        Ok(Tensor::from_vec(lp, (b, t), &self.device)?)
     }
 
     /// The masked loss sum, the token count and `∂(loss · scale)/∂h` of the final hidden
@@ -228,6 +273,11 @@ mod tests {
                     let what = format!("{shape}, dense {dense}, dropout {dropout}, recompute {recompute}");
                     assert_eq!(got.tokens, want.tokens);
                     assert!(((got.loss_sum - want.loss_sum) / want.loss_sum).abs() < 1e-5, "{what}: loss");
+                    if !dropout {
+                        let lp = base.cpu_target_logprobs(&batch, Some(&ad)).unwrap();
+                        let lp_want = base.target_logprobs_graph(&batch, Some(&ad)).unwrap();
+                        assert!(rel(&lp, &lp_want) < 1e-5, "{what}: log-probabilities");
+                    }
                     for (name, v) in ad.vars() {
                         let (g, w) =
                             (got.grads.get(v.as_tensor()).unwrap(), want.grads.get(v.as_tensor()).unwrap());
