@@ -3,6 +3,7 @@
 //! lm_head + cross-entropy. Inputs are read where they lie (no copy into a fresh storage) and
 //! every output is a new storage the kernel writes in full.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
