@@ -8,6 +8,7 @@ const KERNELS: &[&str] = &[
     "src/model/cuda_dequant.cu",
     "src/model/cuda_dropout.cu",
     "src/model/cuda_attn.cu",
+    "src/model/cuda_fused.cu",
     "src/train/cuda_adamw.cu",
 ];
 

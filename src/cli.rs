@@ -309,6 +309,10 @@ pub struct BenchTrainArgs {
     /// Positions per lm_head + cross-entropy chunk (default: the trainer's, 64).
     #[arg(long)]
     pub ce_chunk: Option<usize>,
+    /// Activation dtype instead of the device's choice: f32, bf16 or f16 (f16 trains with
+    /// dynamic loss scaling, as on a card without bf16).
+    #[arg(long)]
+    pub dtype: Option<String>,
     #[command(flatten)]
     pub out: JsonFlag,
 }

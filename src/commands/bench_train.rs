@@ -24,7 +24,15 @@ use crate::train::trainer::Trainer;
 pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let cfg = &ctx.config;
     device::tame_cpu_threads();
-    let (dev, dtype) = device::select(&a.device)?;
+    let (dev, mut dtype) = device::select(&a.device)?;
+    if let Some(d) = &a.dtype {
+        dtype = match d.as_str() {
+            "f32" => DType::F32,
+            "bf16" if dev.is_cuda() => DType::BF16,
+            "f16" if dev.is_cuda() => DType::F16,
+            other => bail!("--dtype {other}: f32 anywhere, bf16 or f16 on a CUDA device"),
+        };
+    }
     // Polls this process's device memory (context included) through load, warm-up and steps.
     let sampler = start_device_sampler(&dev);
     let quant: QuantKind = cfg.model.quant.parse()?;
@@ -84,12 +92,14 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let warm = tr.step(&mut stream)?;
     let mut secs = Vec::with_capacity(steps);
     let mut last = warm.clone();
+    let mut skipped = 0usize;
     let mut device_peak = warm.peak_mem_bytes;
     let t0 = Instant::now();
     let cpu0 = device::cpu_seconds();
     for _ in 0..steps {
         last = tr.step(&mut stream)?;
         secs.push(last.secs);
+        skipped += usize::from(last.skipped);
         device_peak = device_peak.max(last.peak_mem_bytes);
     }
     let total = t0.elapsed().as_secs_f64();
@@ -118,6 +128,8 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         "tokens_per_cpu_s": (steps * seq) as f64 / cpu.max(1e-9),
         "loss_first": warm.loss,
         "loss_last": last.loss,
+        "loss_scale": tr.scaler.enabled.then_some(tr.scaler.scale),
+        "skipped_steps": skipped,
         "lora_params": inp.lora_params,
         "weight_mib": mib(inp.weight_bytes),
         "peak_rss_mib": peak_rss.map(mib),

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attention, AttnMask};
 use super::config::ModelConfig;
@@ -338,13 +338,13 @@ impl Base {
     }
 }
 
-/// RMSNorm from differentiable ops, computed in f32 and returned in x's dtype.
+/// RMSNorm with a backward, computed in f32 and returned in x's dtype: on a GPU one op with
+/// its own kernels ([`super::norm_op`]), on the CPU the composite of differentiable ops.
 pub(crate) fn rms_norm_train(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dt = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xf.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    Ok(y.to_dtype(dt)?.broadcast_mul(w)?)
+    if x.device().is_cuda() {
+        return super::norm_op::rms_norm(x, w, eps);
+    }
+    Ok(super::norm_op::rms_norm_composite(x, w, eps)?)
 }
 
 /// The per-forward constants of the training path, shared by every block.
@@ -424,18 +424,19 @@ impl Base {
         let x = rms_norm_train(&h, &layer.mlp_norm, c.rms_eps)?;
         let gate = self.proj(li, Target::Gate, &x, adapter, dropout_step)?;
         let up = self.proj(li, Target::Up, &x, adapter, dropout_step)?;
-        let m = (gate.silu()? * up)?;
+        let m =
+            if x.device().is_cuda() { super::swiglu_op::swiglu(&gate, &up)? } else { (gate.silu()? * up)? };
         let out = (h + self.proj(li, Target::Down, &m, adapter, dropout_step)?)?;
         phases::mark(&self.device, "norm+mlp");
         Ok(out)
     }
 }
 
-/// `x·cos + rotate_half(x)·sin` for x (b, heads, t, d), from differentiable ops.
+/// `x·cos + rotate_half(x)·sin` for x (b, heads, t, d): on a GPU one op with its own kernels
+/// ([`super::rope_op`]), on the CPU the composite of differentiable ops.
 fn rope_train(x: &Tensor, geo: &TrainGeom) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(&geo.cos)? + rot.broadcast_mul(&geo.sin)?)?)
+    if x.device().is_cuda() {
+        return super::rope_op::rope(x, &geo.cos, &geo.sin);
+    }
+    Ok(super::rope_op::rope_composite(x, &geo.cos, &geo.sin, 1.0)?)
 }

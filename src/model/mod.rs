@@ -13,6 +13,8 @@ pub mod cuda_dequant;
 #[cfg(feature = "cuda")]
 pub mod cuda_dropout;
 #[cfg(feature = "cuda")]
+mod cuda_fused;
+#[cfg(feature = "cuda")]
 pub mod cuda_mem;
 mod custom_op;
 pub mod decoder;
@@ -26,11 +28,14 @@ pub mod lora;
 pub mod lora_op;
 pub mod loss;
 pub mod nf4;
+mod norm_op;
 pub mod phases;
 pub mod qlinear;
 #[cfg(target_arch = "x86_64")]
 mod qmm_cpu;
+mod rope_op;
 pub mod sampling;
+mod swiglu_op;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tokenizer;
