@@ -344,16 +344,10 @@ mod tests {
     /// the loss and every LoRA tensor's gradient, over packed segments and masked positions.
     #[test]
     fn fused_training_path_matches_composite_loss_and_lora_gradients() {
-        use rand::{Rng, SeedableRng};
         let cfg = ModelConfig::from_shape_name("tiny-qwen2").unwrap();
         let base = Base::random(&cfg, QuantKind::Nf4, 3, &LoadOptions::default()).unwrap();
         let ad = Adapter::new(&cfg, &LoraConfig::default(), 2, &Device::Cpu).unwrap();
-        // B starts at zero in a fresh adapter, which would leave A's gradient zero on both sides.
-        let mut r = rand::rngs::StdRng::seed_from_u64(9);
-        for (_, v) in ad.vars() {
-            let x: Vec<f32> = (0..v.elem_count()).map(|_| r.random_range(-0.05f32..0.05)).collect();
-            v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
-        }
+        crate::model::testing::randomize_lora(&ad, 9);
         let (b, t) = (2, 21);
         let ids: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 31 + 7) % cfg.vocab_size as u32).collect();
         let tg: Vec<u32> = ids.iter().map(|i| (i * 13 + 1) % cfg.vocab_size as u32).collect();

@@ -18,3 +18,14 @@ pub fn rel(a: &Tensor, b: &Tensor) -> f32 {
     let s = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
     d / s
 }
+
+/// Small seeded values in every LoRA tensor: a fresh adapter's B is zero, which would leave
+/// A's gradient zero in any comparison.
+pub fn randomize_lora(ad: &super::Adapter, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    for (_, v) in ad.vars() {
+        let x: Vec<f32> = (0..v.elem_count()).map(|_| r.random_range(-0.05f32..0.05)).collect();
+        v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
+}

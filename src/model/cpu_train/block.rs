@@ -192,6 +192,18 @@ impl Base {
         Ok(())
     }
 
+    /// Rotates q and k (or, `inverse`, their gradients) in place by each row's position.
+    fn cpu_rope(&self, geo: &Geometry, q: &mut [f32], k: &mut [f32], inverse: bool) -> Result<()> {
+        let c = &self.config;
+        with_f32(&self.cos, |cos| {
+            with_f32(&self.sin, |sin| {
+                let rope = Rope { cos, sin, pos: &geo.pos, head_dim: c.head_dim };
+                rope.apply(q, c.num_heads, inverse);
+                rope.apply(k, c.num_kv_heads, inverse);
+            })
+        })?
+    }
+
     fn cpu_attn_shape<'a>(&self, geo: &'a Geometry) -> AttnShape<'a> {
         let c = &self.config;
         AttnShape {
@@ -228,13 +240,7 @@ impl Base {
         lora_h[1] = self.cpu_proj(li, Target::K, &xn1, rows, pass, &mut k)?;
         lora_h[2] = self.cpu_proj(li, Target::V, &xn1, rows, pass, &mut v)?;
         phases::mark(&self.device, "f q/k/v");
-        with_f32(&self.cos, |cos| {
-            with_f32(&self.sin, |sin| {
-                let rope = Rope { cos, sin, pos: &geo.pos, head_dim: c.head_dim };
-                rope.apply(&mut q, c.num_heads, false);
-                rope.apply(&mut k, c.num_kv_heads, false);
-            })
-        })??;
+        self.cpu_rope(geo, &mut q, &mut k, false)?;
         phases::mark(&self.device, "f rope");
         let (mut o, mut lse) = (zeros(rows * qd), zeros(geo.b * c.num_heads * geo.t));
         attn::forward(&self.cpu_attn_shape(geo), &q, &k, &v, &mut o, &mut lse);
@@ -337,13 +343,7 @@ impl Base {
         );
         drop(d_o);
         phases::mark(&self.device, "b attention");
-        with_f32(&self.cos, |cos| {
-            with_f32(&self.sin, |sin| {
-                let rope = Rope { cos, sin, pos: &geo.pos, head_dim: c.head_dim };
-                rope.apply(&mut dq, c.num_heads, true);
-                rope.apply(&mut dk, c.num_kv_heads, true);
-            })
-        })??;
+        self.cpu_rope(geo, &mut dq, &mut dk, true)?;
         phases::mark(&self.device, "b rope");
         dxn.fill(0.0);
         let mut gx = if need_dx { Some(dxn.as_mut_slice()) } else { None };

@@ -209,16 +209,10 @@ impl Base {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
-    use rand::{Rng, SeedableRng};
-
     use crate::model::loss::{Batch, TrainOptions};
+    use crate::model::testing::rel;
     use crate::model::{Adapter, Base, LoadOptions, LoraConfig, ModelConfig, QuantKind};
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let n = |x: Tensor| x.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        n((a - b).unwrap()) / n(b.clone()).max(1e-20)
-    }
+    use candle_core::{Device, Tensor};
 
     /// The CPU path against candle's autograd over the same model: loss and every LoRA
     /// gradient, over packed segments, masked positions and two rows, with dropout on and
@@ -232,11 +226,7 @@ mod tests {
             // Dense weights take the one-pass lm_head and cross-entropy; NF4 the sliced op.
             let dense = crate::train::dense::densify(&nf4).unwrap();
             let ad = Adapter::new(&cfg, &LoraConfig::default(), 2, &Device::Cpu).unwrap();
-            let mut r = rand::rngs::StdRng::seed_from_u64(9);
-            for (_, v) in ad.vars() {
-                let x: Vec<f32> = (0..v.elem_count()).map(|_| r.random_range(-0.05f32..0.05)).collect();
-                v.set(&Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap()).unwrap();
-            }
+            crate::model::testing::randomize_lora(&ad, 9);
             let (b, t) = (2, 70);
             let v = cfg.vocab_size as u32;
             let ids: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 31 + 7) % v).collect();
