@@ -187,7 +187,7 @@ fn input_grad(weight: &FrozenWeight, grad: &Tensor) -> candle_core::Result<Tenso
 
 /// Above this many weights (16 MiB in f32) the backward dequantizes row slices one
 /// at a time, so a vocabulary-sized lm_head never exists densely.
-pub(crate) const BWD_SLICE_ELEMS: usize = 1 << 22;
+pub const BWD_SLICE_ELEMS: usize = 1 << 22;
 
 /// Calls `f(first_row, slice)` for W's rows in slices of at most `BWD_SLICE_ELEMS`
 /// weights, each dequantized to f32 on the CPU and dropped after the call.

@@ -161,14 +161,14 @@ fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     let blocks = if shape.recompute { 1.0 } else { d.layers as f64 };
     let activations = inputs + tokens * (saved * blocks + backward) * 4.0;
     // A dense head: one chunk of logits plus the normalized states and their gradient; a
-    // quantized one goes through the graph path's op (three chunk-sized copies and, for a
-    // moment, the whole table expanded).
+    // quantized one goes through the graph path's op (three chunk-sized copies and one
+    // expanded slice of the table).
     let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
     let logits = if dense {
         let rows = crate::model::cpu_train::head::chunk_rows(d.vocab).min(shape.micro_batch * shape.seq_len);
         rows as f64 * d.vocab as f64 * 4.0 + 3.0 * tokens * h * 4.0
     } else {
-        LOGIT_COPIES * chunk * d.vocab as f64 * 4.0 + (d.vocab * d.hidden * 4) as f64
+        LOGIT_COPIES * chunk * d.vocab as f64 * 4.0 + (crate::model::qlinear::BWD_SLICE_ELEMS * 4) as f64
     };
     let weights = inp.weight_bytes + if dense { inp.dense_bytes } else { 0 };
     let lora = inp.lora_params * 4 * 5;
