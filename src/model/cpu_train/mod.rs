@@ -8,8 +8,9 @@
 //! fresh buffer, and its backward as several more plus a gradient accumulation each. On a
 //! two-core box those passes, not the matrix products, were two thirds of a step. Here each
 //! step is one pass ([`ops`]), attention tiles its scores ([`attn`]), and every product is one
-//! GEMM over views of the buffers ([`gemm`]). The lm_head and cross-entropy stay the fused op
-//! of the graph path. Results agree with the graph path to float rounding (tests below).
+//! GEMM over views of the buffers ([`gemm`]). With a dense lm_head the head and cross-entropy
+//! are one pass over the positions with loss ([`head`]); a quantized head goes through the
+//! graph path's sliced op. Results agree with the graph path to float rounding (tests below).
 
 mod attn;
 mod block;
