@@ -143,7 +143,8 @@ const CPU_BACKWARD_INTER: f64 = 4.0;
 /// [`estimate`] for the CPU training path (`model::cpu_train`), which holds plain buffers
 /// rather than a graph: per block and token it keeps the two norms' outputs and inverse
 /// RMS, q, k, v after rotation, the attention output and its log-sum-exp, the residual
-/// after attention, gate and up, and each adapted projection's rank-r product.
+/// after attention, gate and up, and each adapted projection's rank-r product and dropout
+/// mask.
 fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     let d = &inp.dims;
     let tokens = (shape.micro_batch * shape.seq_len) as f64;
@@ -155,7 +156,10 @@ fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
         + 2.0 * i
         + d.heads as f64
         + 2.0
-        + (inp.rank * inp.targets_per_block) as f64;
+        + (inp.rank * inp.targets_per_block) as f64
+        // Each branch's dropout keep bytes: a byte per input element (the down projection's
+        // input is MLP-wide), in f32 units.
+        + (inp.targets_per_block as f64 * h + i) / 4.0;
     let backward = CPU_BACKWARD_HIDDEN * h + CPU_BACKWARD_INTER * i;
     let inputs = tokens * h * 4.0 * d.layers as f64;
     let blocks = if shape.recompute { 1.0 } else { d.layers as f64 };

@@ -29,8 +29,17 @@ pub struct Saved {
     xn2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// Each adapted projection's rank-r product `drop(x) Aᵀ`.
-    lora_h: [Option<Vec<f32>>; 7],
+    /// Each adapted projection's branch state.
+    lora: [Option<Branch>; 7],
+}
+
+/// What a LoRA branch's backward needs from its forward.
+pub struct Branch {
+    /// The rank-r product `drop(x) Aᵀ` (rows, r).
+    h: Vec<f32>,
+    /// The dropout's keep bytes and `1/keep`, drawn once per forward: hashing again in the
+    /// backward cost more than the branch's products.
+    mask: Option<(Vec<u8>, f32)>,
 }
 
 /// The adapter and dropout stream of one pass.
@@ -43,19 +52,21 @@ pub struct Pass<'a> {
 pub type Grads = Vec<(Var, Tensor)>;
 
 impl Pass<'_> {
-    fn mask(&self, li: usize, t: Target) -> Option<DropMask> {
+    /// Keep bytes and `1/keep` of projection `t`'s dropout over `n` input elements.
+    fn mask(&self, li: usize, t: Target, n: usize) -> Option<(Vec<u8>, f32)> {
         let a = self.adapter?;
         let d = a.dropout(li, t, self.dropout_step?)?;
-        Some(DropMask { seed: d.seed, keep: d.keep as f32 })
+        let m = DropMask { seed: d.seed, keep: d.keep as f32 };
+        Some((m.bytes(n), 1.0 / m.keep))
     }
 }
 
 /// The dropped input of a LoRA branch: `x` itself without dropout.
-fn dropped<'a>(x: &'a [f32], mask: Option<DropMask>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+fn dropped<'a>(x: &'a [f32], mask: Option<&(Vec<u8>, f32)>, scratch: &'a mut Vec<f32>) -> &'a [f32] {
     match mask {
-        Some(m) => {
+        Some((m, inv)) => {
             scratch.resize(x.len(), 0.0);
-            m.apply(x, scratch);
+            ops::apply_mask(x, m, *inv, scratch);
             scratch
         }
         None => x,
@@ -63,7 +74,7 @@ fn dropped<'a>(x: &'a [f32], mask: Option<DropMask>, scratch: &'a mut Vec<f32>) 
 }
 
 impl Base {
-    /// `y (rows, out) = x Wᵀ (+ bias) + LoRA(x)`; returns the LoRA rank-r product if adapted.
+    /// `y (rows, out) = x Wᵀ (+ bias) + LoRA(x)`; returns the branch's state if adapted.
     fn cpu_proj(
         &self,
         li: usize,
@@ -72,7 +83,7 @@ impl Base {
         rows: usize,
         pass: &Pass,
         y: &mut [f32],
-    ) -> Result<Option<Vec<f32>>> {
+    ) -> Result<Option<Branch>> {
         let lin = self.layers[li].proj(t);
         let (out, inp) = lin.dims();
         with_weight(lin.weight(), |w| {
@@ -93,7 +104,8 @@ impl Base {
         let scale = pass.adapter.map(|a| a.scale()).unwrap_or(1.0) as f32;
         let r = pair.a.dims()[0];
         let mut scratch = Vec::new();
-        let xd = dropped(x, pass.mask(li, t), &mut scratch);
+        let mask = pass.mask(li, t, rows * inp);
+        let xd = dropped(x, mask.as_ref(), &mut scratch);
         let mut h = vec![0.0f32; rows * r];
         with_f32(pair.a.as_tensor(), |a| {
             matmul(
@@ -117,7 +129,7 @@ impl Base {
                 threads_for(rows, out, r),
             )
         })?;
-        Ok(Some(h))
+        Ok(Some(Branch { h, mask }))
     }
 
     /// Backward of [`Base::cpu_proj`]: `gx += gy W (+ LoRA's part)` when `gx` is given, and the
@@ -128,7 +140,7 @@ impl Base {
         li: usize,
         t: Target,
         x: &[f32],
-        h: Option<&[f32]>,
+        branch: Option<&Branch>,
         gy: &[f32],
         rows: usize,
         pass: &Pass,
@@ -150,7 +162,10 @@ impl Base {
                 )
             })?;
         }
-        let (Some(pair), Some(h)) = (pass.adapter.and_then(|a| a.pair(li, t)), h) else { return Ok(()) };
+        let (Some(pair), Some(Branch { h, mask })) = (pass.adapter.and_then(|a| a.pair(li, t)), branch)
+        else {
+            return Ok(());
+        };
         let scale = pass.adapter.map(|a| a.scale()).unwrap_or(1.0) as f32;
         let r = pair.a.dims()[0];
         let gyv = Mat::new(gy, rows, out);
@@ -160,9 +175,8 @@ impl Base {
         with_f32(pair.b.as_tensor(), |b| {
             matmul(&mut gh, r, gyv, Mat::new(b, out, r), scale, false, threads_for(rows, r, out))
         })?;
-        let mask = pass.mask(li, t);
         let mut scratch = Vec::new();
-        let xd = dropped(x, mask, &mut scratch);
+        let xd = dropped(x, mask.as_ref(), &mut scratch);
         let mut ga = vec![0.0f32; r * inp];
         matmul(
             &mut ga,
@@ -177,10 +191,10 @@ impl Base {
             with_f32(pair.a.as_tensor(), |a| {
                 let (ghv, av) = (Mat::new(&gh, rows, r), Mat::new(a, r, inp));
                 match mask {
-                    Some(m) => {
+                    Some((m, inv)) => {
                         scratch.resize(rows * inp, 0.0);
                         matmul(&mut scratch, inp, ghv, av, 1.0, false, threads_for(rows, inp, r));
-                        m.add_masked(&scratch, gx);
+                        ops::add_masked(&scratch, m, *inv, gx);
                     }
                     None => matmul(gx, inp, ghv, av, 1.0, true, threads_for(rows, inp, r)),
                 }
@@ -234,11 +248,11 @@ impl Base {
         let (mut xn1, mut rstd1) = (zeros(rows * hid), zeros(rows));
         with_f32(&layer.attn_norm, |w| ops::rms_norm(x, w, eps, &mut xn1, &mut rstd1))?;
         phases::mark(&self.device, "f norm");
-        let mut lora_h: [Option<Vec<f32>>; 7] = Default::default();
+        let mut lora: [Option<Branch>; 7] = Default::default();
         let (mut q, mut k, mut v) = (zeros(rows * qd), zeros(rows * kvd), zeros(rows * kvd));
-        lora_h[0] = self.cpu_proj(li, Target::Q, &xn1, rows, pass, &mut q)?;
-        lora_h[1] = self.cpu_proj(li, Target::K, &xn1, rows, pass, &mut k)?;
-        lora_h[2] = self.cpu_proj(li, Target::V, &xn1, rows, pass, &mut v)?;
+        lora[0] = self.cpu_proj(li, Target::Q, &xn1, rows, pass, &mut q)?;
+        lora[1] = self.cpu_proj(li, Target::K, &xn1, rows, pass, &mut k)?;
+        lora[2] = self.cpu_proj(li, Target::V, &xn1, rows, pass, &mut v)?;
         phases::mark(&self.device, "f q/k/v");
         self.cpu_rope(geo, &mut q, &mut k, false)?;
         phases::mark(&self.device, "f rope");
@@ -246,23 +260,23 @@ impl Base {
         attn::forward(&self.cpu_attn_shape(geo), &q, &k, &v, &mut o, &mut lse);
         phases::mark(&self.device, "f attention");
         let mut h1 = zeros(rows * hid);
-        lora_h[3] = self.cpu_proj(li, Target::O, &o, rows, pass, &mut h1)?;
+        lora[3] = self.cpu_proj(li, Target::O, &o, rows, pass, &mut h1)?;
         ops::add_into(&mut h1, x);
         phases::mark(&self.device, "f o");
         let (mut xn2, mut rstd2) = (zeros(rows * hid), zeros(rows));
         with_f32(&layer.mlp_norm, |w| ops::rms_norm(&h1, w, eps, &mut xn2, &mut rstd2))?;
         phases::mark(&self.device, "f norm");
         let (mut gate, mut up, mut m) = (zeros(rows * mlp), zeros(rows * mlp), zeros(rows * mlp));
-        lora_h[4] = self.cpu_proj(li, Target::Gate, &xn2, rows, pass, &mut gate)?;
-        lora_h[5] = self.cpu_proj(li, Target::Up, &xn2, rows, pass, &mut up)?;
+        lora[4] = self.cpu_proj(li, Target::Gate, &xn2, rows, pass, &mut gate)?;
+        lora[5] = self.cpu_proj(li, Target::Up, &xn2, rows, pass, &mut up)?;
         phases::mark(&self.device, "f gate/up");
         ops::swiglu(&gate, &up, &mut m);
         phases::mark(&self.device, "f swiglu");
         let mut out = zeros(rows * hid);
-        lora_h[6] = self.cpu_proj(li, Target::Down, &m, rows, pass, &mut out)?;
+        lora[6] = self.cpu_proj(li, Target::Down, &m, rows, pass, &mut out)?;
         ops::add_into(&mut out, &h1);
         phases::mark(&self.device, "f down");
-        let saved = Saved { rstd1, xn1, q, k, v, o, lse, h1, rstd2, xn2, gate, up, lora_h };
+        let saved = Saved { rstd1, xn1, q, k, v, o, lse, h1, rstd2, xn2, gate, up, lora };
         Ok((out, saved))
     }
 
@@ -286,7 +300,7 @@ impl Base {
         let (hid, qd, kvd, mlp) =
             (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size);
         let zeros = |n: usize| vec![0.0f32; n];
-        let h = |t: Target| s.lora_h[t.index()].as_deref();
+        let h = |t: Target| s.lora[t.index()].as_ref();
         // The block's output gradient is also the residual stream's (h1 and, later, x).
         let mut dh = dout;
         let mut m = zeros(rows * mlp);

@@ -210,41 +210,43 @@ impl DropMask {
         (self.hash(i / 4) >> (16 * (i % 4))) & 0xFFFF < self.threshold()
     }
 
-    /// Calls `f(i, kept)` for elements `o..o + n` (`o` a multiple of 4), one hash per four.
-    #[inline(always)]
-    fn each(&self, o: usize, n: usize, mut f: impl FnMut(usize, bool)) {
+    /// The keep decisions of elements `0..n` as bytes (1 kept, 0 dropped), one hash per four.
+    pub fn bytes(&self, n: usize) -> Vec<u8> {
         let thr = self.threshold();
-        for g in (0..n).step_by(4) {
-            let z = self.hash((o + g) / 4);
-            for l in 0..4.min(n - g) {
-                f(g + l, (z >> (16 * l)) & 0xFFFF < thr);
-            }
-        }
-    }
-
-    /// `out[i] = src[i] / keep` where kept, else 0.
-    pub fn apply(&self, src: &[f32], out: &mut [f32]) {
-        let inv = 1.0 / self.keep;
-        out.par_chunks_mut(16_384).enumerate().for_each(|(c, os)| {
-            let o = c * 16_384;
-            let n = os.len();
-            self.each(o, n, |i, k| os[i] = if k { src[o + i] * inv } else { 0.0 });
-        });
-    }
-
-    /// `dst[i] += src[i] / keep` where kept.
-    pub fn add_masked(&self, src: &[f32], dst: &mut [f32]) {
-        let inv = 1.0 / self.keep;
-        dst.par_chunks_mut(16_384).enumerate().for_each(|(c, ds)| {
-            let o = c * 16_384;
-            let n = ds.len();
-            self.each(o, n, |i, k| {
-                if k {
-                    ds[i] += src[o + i] * inv
+        let mut m = vec![0u8; n];
+        m.par_chunks_mut(16_384).enumerate().for_each(|(c, ms)| {
+            let g0 = c * 16_384 / 4;
+            for (g, quad) in ms.chunks_mut(4).enumerate() {
+                let z = self.hash(g0 + g);
+                for (l, b) in quad.iter_mut().enumerate() {
+                    *b = u8::from((z >> (16 * l)) & 0xFFFF < thr);
                 }
-            });
+            }
         });
+        m
     }
+}
+
+/// `out[i] = src[i] · mask[i] · inv`: inverted dropout from saved keep bytes.
+pub fn apply_mask(src: &[f32], mask: &[u8], inv: f32, out: &mut [f32]) {
+    out.par_chunks_mut(16_384).enumerate().for_each(|(c, os)| {
+        let o = c * 16_384;
+        let (s, m) = (&src[o..o + os.len()], &mask[o..o + os.len()]);
+        for ((v, &x), &k) in os.iter_mut().zip(s).zip(m) {
+            *v = x * (f32::from(k) * inv);
+        }
+    });
+}
+
+/// `dst[i] += src[i] · mask[i] · inv`.
+pub fn add_masked(src: &[f32], mask: &[u8], inv: f32, dst: &mut [f32]) {
+    dst.par_chunks_mut(16_384).enumerate().for_each(|(c, ds)| {
+        let o = c * 16_384;
+        let (s, m) = (&src[o..o + ds.len()], &mask[o..o + ds.len()]);
+        for ((v, &x), &k) in ds.iter_mut().zip(s).zip(m) {
+            *v += x * (f32::from(k) * inv);
+        }
+    });
 }
 
 /// `dst += src`.
@@ -291,13 +293,16 @@ mod tests {
         let n = 100_003;
         let kept = (0..n).filter(|&i| m.kept(i)).count() as f64 / n as f64;
         assert!((kept - 0.95).abs() < 0.003, "kept {kept}");
+        let bytes = m.bytes(n);
         let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let inv = 1.0 / 0.95f32;
         let mut out = vec![0.0; n];
-        m.apply(&src, &mut out);
+        apply_mask(&src, &bytes, inv, &mut out);
         let mut acc = vec![1.0; n];
-        m.add_masked(&src, &mut acc);
+        add_masked(&src, &bytes, inv, &mut acc);
         for i in 0..n {
-            let want = if m.kept(i) { src[i] * (1.0 / 0.95f32) } else { 0.0 };
+            assert_eq!(bytes[i] == 1, m.kept(i), "element {i}");
+            let want = if m.kept(i) { src[i] * inv } else { 0.0 };
             assert_eq!(out[i], want);
             assert_eq!(acc[i], 1.0 + want);
         }
