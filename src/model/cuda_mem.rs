@@ -198,3 +198,169 @@ pub fn mem_info(dev: &CudaDevice) -> candle_core::Result<(usize, usize)> {
         .mem_get_info()
         .map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
 }
+
+/// What the stream-ordered allocator's pool holds, in bytes: `used` is what live tensors
+/// take, `reserved` what the pool has mapped (the part of the process figure that moves).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PoolStats {
+    pub used: u64,
+    pub reserved: u64,
+    pub used_high: u64,
+    pub reserved_high: u64,
+}
+
+fn pool_of(dev: &CudaDevice) -> candle_core::Result<cudarc_sys::CUmemoryPool> {
+    let ctx = dev.cuda_stream().context().clone();
+    // SAFETY: the device handle comes from a live context.
+    unsafe { candle_core::cuda::cudarc::driver::result::device::get_mem_pool(ctx.cu_device()) }
+        .map_err(|e| candle_core::Error::Msg(format!("cuDeviceGetMemPool: {e}")))
+}
+
+use candle_core::cuda::cudarc::driver::sys as cudarc_sys;
+
+fn pool_attr(pool: cudarc_sys::CUmemoryPool, attr: cudarc_sys::CUmemPool_attribute) -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: these attributes are 64-bit values (cuuint64_t), written into `v`.
+    let rc = unsafe {
+        candle_core::cuda::cudarc::driver::result::mem_pool::get_attribute(
+            pool,
+            attr,
+            &mut v as *mut u64 as *mut c_void,
+        )
+    };
+    if rc.is_ok() {
+        v
+    } else {
+        0
+    }
+}
+
+/// The pool's current and high-water figures (zeros where the driver does not say).
+pub fn pool_stats(dev: &CudaDevice) -> PoolStats {
+    use cudarc_sys::CUmemPool_attribute as A;
+    let Ok(pool) = pool_of(dev) else { return PoolStats::default() };
+    PoolStats {
+        used: pool_attr(pool, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT),
+        reserved: pool_attr(pool, A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+        used_high: pool_attr(pool, A::CU_MEMPOOL_ATTR_USED_MEM_HIGH),
+        reserved_high: pool_attr(pool, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH),
+    }
+}
+
+/// Restarts both high-water marks from the current figures.
+pub fn reset_pool_highs(dev: &CudaDevice) {
+    use cudarc_sys::CUmemPool_attribute as A;
+    let Ok(pool) = pool_of(dev) else { return };
+    for attr in [A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+        let mut zero: u64 = 0;
+        // SAFETY: setting a high-water mark takes a 64-bit zero, which resets it.
+        let _ = unsafe {
+            candle_core::cuda::cudarc::driver::result::mem_pool::set_attribute(
+                pool,
+                attr,
+                &mut zero as *mut u64 as *mut c_void,
+            )
+        };
+    }
+}
+
+/// Sets how much unused memory the pool keeps mapped across a synchronization.
+pub fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> candle_core::Result<()> {
+    let pool = pool_of(dev)?;
+    let mut v = bytes;
+    // SAFETY: the release threshold is a 64-bit value.
+    unsafe {
+        candle_core::cuda::cudarc::driver::result::mem_pool::set_attribute(
+            pool,
+            cudarc_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut v as *mut u64 as *mut c_void,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("cuMemPoolSetAttribute: {e}")))
+}
+
+/// Waits for the device, then unmaps every pool block no live tensor uses.
+pub fn trim_pool(dev: &CudaDevice) -> candle_core::Result<()> {
+    let stream = dev.cuda_stream();
+    stream.synchronize().map_err(|e| candle_core::Error::Msg(format!("synchronize: {e}")))?;
+    let pool = pool_of(dev)?;
+    // SAFETY: a valid pool; keeping zero bytes releases whatever is free.
+    unsafe { candle_core::cuda::cudarc::driver::result::mem_pool::trim_to(pool, 0) }
+        .map_err(|e| candle_core::Error::Msg(format!("cuMemPoolTrimTo: {e}")))
+}
+
+/// How the trainer treats the pool at its sync points (set once per process, before training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPolicy {
+    /// The driver's defaults, nothing done at step boundaries.
+    Default,
+    /// Trim the pool after every optimizer step.
+    TrimEachStep,
+    /// Trim after every step and once more between the blocks' forward and the lm_head.
+    TrimStepAndHead,
+    /// Keep everything mapped (release threshold at the maximum), never trim.
+    Keep,
+}
+
+static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static USED_HIGH: AtomicU64 = AtomicU64::new(0);
+static RESERVED_HIGH: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_policy(dev: &CudaDevice, p: PoolPolicy) -> candle_core::Result<()> {
+    let code = match p {
+        PoolPolicy::Default => 0,
+        PoolPolicy::TrimEachStep => 1,
+        PoolPolicy::TrimStepAndHead => 2,
+        PoolPolicy::Keep => 3,
+    };
+    POLICY.store(code, Ordering::Relaxed);
+    if p == PoolPolicy::Keep {
+        set_release_threshold(dev, u64::MAX)?;
+    }
+    Ok(())
+}
+
+pub fn policy() -> PoolPolicy {
+    match POLICY.load(Ordering::Relaxed) {
+        1 => PoolPolicy::TrimEachStep,
+        2 => PoolPolicy::TrimStepAndHead,
+        3 => PoolPolicy::Keep,
+        _ => PoolPolicy::Default,
+    }
+}
+
+/// After an optimizer step.
+pub fn at_step_end(dev: &CudaDevice) -> candle_core::Result<()> {
+    match policy() {
+        PoolPolicy::TrimEachStep | PoolPolicy::TrimStepAndHead => trim_pool(dev),
+        _ => Ok(()),
+    }
+}
+
+/// Between the last block's forward and the lm_head.
+pub fn before_head(dev: &CudaDevice) -> candle_core::Result<()> {
+    match policy() {
+        PoolPolicy::TrimStepAndHead => trim_pool(dev),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the pool's high-water marks into the process-wide maxima, then restarts them, so the
+/// next read covers only what came after (per-phase attribution); returns what was read.
+pub fn take_pool_highs(dev: &CudaDevice) -> PoolStats {
+    let s = pool_stats(dev);
+    USED_HIGH.fetch_max(s.used_high, Ordering::Relaxed);
+    RESERVED_HIGH.fetch_max(s.reserved_high, Ordering::Relaxed);
+    reset_pool_highs(dev);
+    s
+}
+
+/// The pool's high-water marks over the whole process, including any taken per phase.
+pub fn pool_highs(dev: &CudaDevice) -> PoolStats {
+    let s = pool_stats(dev);
+    PoolStats {
+        used_high: s.used_high.max(USED_HIGH.load(Ordering::Relaxed)),
+        reserved_high: s.reserved_high.max(RESERVED_HIGH.load(Ordering::Relaxed)),
+        ..s
+    }
+}

@@ -20,3 +20,21 @@ extern "C" __global__ void adamw_f32(const float* __restrict__ p, const float* _
         v_out[i] = vi;
     }
 }
+
+// The same update written over the parameter and its moments, so they keep their allocations:
+// fresh moments every step land wherever the allocator's pool has a hole at that moment, and
+// hundreds of long-lived tensors scattered through the space the step's activations use keep
+// that space from being reused as a whole. Each element is read and written by one thread.
+extern "C" __global__ void adamw_f32_inplace(float* p, const float* __restrict__ g, float* m, float* v,
+                                             size_t n, float beta1, float beta2, float inv_bc2, float eps,
+                                             float lr_hat, float decay) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float mi = m[i] * beta1 + gi * (1.0f - beta1);
+        float vi = v[i] * beta2 + gi * gi * (1.0f - beta2);
+        float denom = sqrtf(vi * inv_bc2) + eps;
+        p[i] = p[i] * decay - mi / denom * lr_hat;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}

@@ -210,6 +210,8 @@ impl<'a> Trainer<'a> {
         }
         self.step += 1;
         phases::report();
+        phases::report_pool();
+        settle_pool(&dev)?;
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepReport {
             step: self.step,
@@ -251,7 +253,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<std::path::PathBuf, TrainError> {
         let weights: Vec<(String, Tensor)> =
             self.adapter.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        checkpoint::save(dir, &self.state(run_id, data), &weights, &self.opt.state(), keep)
+        checkpoint::save(dir, &self.state(run_id, data), &weights, &self.opt.state()?, keep)
     }
 
     /// Continue from a checkpoint: weights, moments, step, schedule, scaler,
@@ -351,6 +353,20 @@ pub fn peak_memory(device: &Device) -> Option<u64> {
         Device::Cpu => plan::peak_rss_bytes(),
         _ => cuda_used_bytes(device),
     }
+}
+
+/// The allocator pool's step-boundary treatment (`model::cuda_mem::PoolPolicy`).
+#[cfg(feature = "cuda")]
+fn settle_pool(device: &Device) -> Result<(), TrainError> {
+    if let Device::Cuda(d) = device {
+        crate::model::cuda_mem::at_step_end(d)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn settle_pool(_device: &Device) -> Result<(), TrainError> {
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
