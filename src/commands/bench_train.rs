@@ -185,7 +185,6 @@ fn pool_figures(dev: &candle_core::Device) -> Option<serde_json::Value> {
     let s = cuda_mem::pool_highs(c);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     Some(json!({
-        "policy": format!("{:?}", cuda_mem::policy()),
         "used_peak_mib": mib(s.used_high),
         "reserved_peak_mib": mib(s.reserved_high),
         "reserved_after_mib": mib(s.reserved),

@@ -6,6 +6,10 @@
 //! process's own usage, and `cuMemGetInfo` for the device-wide usage as a fallback and a
 //! cross-check. Polling every few milliseconds catches the peak of a training step, whose
 //! allocations live for tens of milliseconds at the shortest on the cards this targets.
+//!
+//! The part of that figure which moves between runs is what the stream-ordered allocator's pool
+//! has mapped beyond its live tensors; [`pool_stats`] reads both from the driver (exact, no
+//! sampling), and `WARSHA_LOG=warsha::pool=debug` logs them per training phase.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use candle_core::cuda::cudarc::driver::sys as cudarc_sys;
 use candle_core::cuda::CudaDevice;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -216,8 +221,6 @@ fn pool_of(dev: &CudaDevice) -> candle_core::Result<cudarc_sys::CUmemoryPool> {
         .map_err(|e| candle_core::Error::Msg(format!("cuDeviceGetMemPool: {e}")))
 }
 
-use candle_core::cuda::cudarc::driver::sys as cudarc_sys;
-
 fn pool_attr(pool: cudarc_sys::CUmemoryPool, attr: cudarc_sys::CUmemPool_attribute) -> u64 {
     let mut v: u64 = 0;
     // SAFETY: these attributes are 64-bit values (cuuint64_t), written into `v`.
@@ -264,86 +267,8 @@ pub fn reset_pool_highs(dev: &CudaDevice) {
     }
 }
 
-/// Sets how much unused memory the pool keeps mapped across a synchronization.
-pub fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> candle_core::Result<()> {
-    let pool = pool_of(dev)?;
-    let mut v = bytes;
-    // SAFETY: the release threshold is a 64-bit value.
-    unsafe {
-        candle_core::cuda::cudarc::driver::result::mem_pool::set_attribute(
-            pool,
-            cudarc_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut v as *mut u64 as *mut c_void,
-        )
-    }
-    .map_err(|e| candle_core::Error::Msg(format!("cuMemPoolSetAttribute: {e}")))
-}
-
-/// Waits for the device, then unmaps every pool block no live tensor uses.
-pub fn trim_pool(dev: &CudaDevice) -> candle_core::Result<()> {
-    let stream = dev.cuda_stream();
-    stream.synchronize().map_err(|e| candle_core::Error::Msg(format!("synchronize: {e}")))?;
-    let pool = pool_of(dev)?;
-    // SAFETY: a valid pool; keeping zero bytes releases whatever is free.
-    unsafe { candle_core::cuda::cudarc::driver::result::mem_pool::trim_to(pool, 0) }
-        .map_err(|e| candle_core::Error::Msg(format!("cuMemPoolTrimTo: {e}")))
-}
-
-/// How the trainer treats the pool at its sync points (set once per process, before training).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolPolicy {
-    /// The driver's defaults, nothing done at step boundaries.
-    Default,
-    /// Trim the pool after every optimizer step.
-    TrimEachStep,
-    /// Trim after every step and once more between the blocks' forward and the lm_head.
-    TrimStepAndHead,
-    /// Keep everything mapped (release threshold at the maximum), never trim.
-    Keep,
-}
-
-static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 static USED_HIGH: AtomicU64 = AtomicU64::new(0);
 static RESERVED_HIGH: AtomicU64 = AtomicU64::new(0);
-
-pub fn set_policy(dev: &CudaDevice, p: PoolPolicy) -> candle_core::Result<()> {
-    let code = match p {
-        PoolPolicy::Default => 0,
-        PoolPolicy::TrimEachStep => 1,
-        PoolPolicy::TrimStepAndHead => 2,
-        PoolPolicy::Keep => 3,
-    };
-    POLICY.store(code, Ordering::Relaxed);
-    if p == PoolPolicy::Keep {
-        set_release_threshold(dev, u64::MAX)?;
-    }
-    Ok(())
-}
-
-pub fn policy() -> PoolPolicy {
-    match POLICY.load(Ordering::Relaxed) {
-        1 => PoolPolicy::TrimEachStep,
-        2 => PoolPolicy::TrimStepAndHead,
-        3 => PoolPolicy::Keep,
-        _ => PoolPolicy::Default,
-    }
-}
-
-/// After an optimizer step.
-pub fn at_step_end(dev: &CudaDevice) -> candle_core::Result<()> {
-    match policy() {
-        PoolPolicy::TrimEachStep | PoolPolicy::TrimStepAndHead => trim_pool(dev),
-        _ => Ok(()),
-    }
-}
-
-/// Between the last block's forward and the lm_head.
-pub fn before_head(dev: &CudaDevice) -> candle_core::Result<()> {
-    match policy() {
-        PoolPolicy::TrimStepAndHead => trim_pool(dev),
-        _ => Ok(()),
-    }
-}
 
 /// Reads the pool's high-water marks into the process-wide maxima, then restarts them, so the
 /// next read covers only what came after (per-phase attribution); returns what was read.

@@ -160,10 +160,6 @@ impl Base {
             inputs.push(h);
             h = next;
         }
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(d) = &self.device {
-            super::cuda_mem::before_head(d)?;
-        }
         let (loss_sum, tokens, mut g) = self.chunked_ce(&h, batch, opts)?;
         phases::mark(&self.device, "lm_head+loss");
         if tokens > 0 {

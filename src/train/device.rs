@@ -37,14 +37,12 @@ pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
         "cpu" => Ok((Device::Cpu, DType::F32)),
         "cuda" => {
             let d = Device::new_cuda(0).map_err(|e| TrainError::Device(format!("cuda: {e}")))?;
-            configure_pool(&d)?;
             let dt = cuda_dtype(&d);
             Ok((d, dt))
         }
         _ => {
             if cfg!(feature = "cuda") {
                 if let Ok(d) = Device::new_cuda(0) {
-                    configure_pool(&d)?;
                     let dt = cuda_dtype(&d);
                     return Ok((d, dt));
                 }
@@ -52,25 +50,6 @@ pub fn select(spec: &str) -> Result<(Device, DType), TrainError> {
             Ok((Device::Cpu, DType::F32))
         }
     }
-}
-
-/// How training treats the CUDA allocator's pool (see `model::cuda_mem::PoolPolicy`).
-#[cfg(feature = "cuda")]
-fn configure_pool(d: &Device) -> Result<(), TrainError> {
-    use crate::model::cuda_mem::{set_policy, PoolPolicy};
-    let Device::Cuda(c) = d else { return Ok(()) };
-    let p = match std::env::var("WARSHA_POOL").as_deref() {
-        Ok("trim") => PoolPolicy::TrimEachStep,
-        Ok("trim2") => PoolPolicy::TrimStepAndHead,
-        Ok("keep") => PoolPolicy::Keep,
-        _ => PoolPolicy::Default,
-    };
-    set_policy(c, p).map_err(|e| TrainError::Device(format!("cuda pool: {e}")))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn configure_pool(_d: &Device) -> Result<(), TrainError> {
-    Ok(())
 }
 
 fn cuda_dtype(d: &Device) -> DType {

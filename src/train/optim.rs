@@ -106,15 +106,13 @@ impl AdamW {
                     lr_hat: lr_hat as f32,
                     decay: if p.weight_decay != 0.0 { decay as f32 } else { 1.0 },
                 };
-                if std::env::var_os("WARSHA_ADAMW_ALLOC").is_some() {
-                    let (next, m, v) =
-                        super::cuda_adamw::update(slot.var.as_tensor(), &g.contiguous()?, &slot.m, &slot.v, c)?;
-                    slot.var.set(&next)?;
-                    slot.m = m;
-                    slot.v = v;
-                    continue;
-                }
-                super::cuda_adamw::update_in_place(slot.var.as_tensor(), &g.contiguous()?, &slot.m, &slot.v, c)?;
+                super::cuda_adamw::update_in_place(
+                    slot.var.as_tensor(),
+                    &g.contiguous()?,
+                    &slot.m,
+                    &slot.v,
+                    c,
+                )?;
                 continue;
             }
             let m = ((&slot.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
@@ -133,7 +131,8 @@ impl AdamW {
     /// A copy of the moments for a checkpoint, on the host: the device moments are updated in
     /// place by the next step.
     pub fn state(&self) -> Result<AdamWState> {
-        let host = |t: &Tensor| if t.device().is_cpu() { t.copy() } else { t.to_device(&candle_core::Device::Cpu) };
+        let host =
+            |t: &Tensor| if t.device().is_cpu() { t.copy() } else { t.to_device(&candle_core::Device::Cpu) };
         let moments = self
             .slots
             .iter()

@@ -211,7 +211,6 @@ impl<'a> Trainer<'a> {
         self.step += 1;
         phases::report();
         phases::report_pool();
-        settle_pool(&dev)?;
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepReport {
             step: self.step,
@@ -353,20 +352,6 @@ pub fn peak_memory(device: &Device) -> Option<u64> {
         Device::Cpu => plan::peak_rss_bytes(),
         _ => cuda_used_bytes(device),
     }
-}
-
-/// The allocator pool's step-boundary treatment (`model::cuda_mem::PoolPolicy`).
-#[cfg(feature = "cuda")]
-fn settle_pool(device: &Device) -> Result<(), TrainError> {
-    if let Device::Cuda(d) = device {
-        crate::model::cuda_mem::at_step_end(d)?;
-    }
-    Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn settle_pool(_device: &Device) -> Result<(), TrainError> {
-    Ok(())
 }
 
 #[cfg(feature = "cuda")]
