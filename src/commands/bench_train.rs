@@ -104,6 +104,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     }
     let total = t0.elapsed().as_secs_f64();
     let sampled_peak_mib = finish_device_sampler(sampler);
+    let pool = pool_figures(&dev);
     let cpu = device::cpu_seconds() - cpu0;
     let tokens_per_s = (steps * seq) as f64 / total;
     let peak_rss = plan::peak_rss_bytes();
@@ -135,6 +136,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
         "peak_rss_mib": peak_rss.map(mib),
         "peak_device_mib": if dev.is_cpu() { None } else { sampled_peak_mib.or(device_peak.map(mib)) },
         "peak_device_method": sampled_peak_mib.map(|_| "driver per-process figure (NVML), polled every 5 ms"),
+        "pool": pool,
         "device_used_after_steps_mib": if dev.is_cpu() { None } else { device_peak.map(mib) },
         "predicted_peak_mib": predicted.total_mib(),
         "predicted": predicted,
@@ -173,6 +175,25 @@ fn start_device_sampler(dev: &candle_core::Device) -> Option<crate::model::cuda_
 #[cfg(feature = "cuda")]
 fn finish_device_sampler(s: Option<crate::model::cuda_mem::PeakSampler>) -> Option<f64> {
     s.map(|s| s.finish().best_mib())
+}
+
+/// The allocator pool's policy and high-water marks over the run (live tensors, mapped).
+#[cfg(feature = "cuda")]
+fn pool_figures(dev: &candle_core::Device) -> Option<serde_json::Value> {
+    use crate::model::cuda_mem;
+    let candle_core::Device::Cuda(c) = dev else { return None };
+    let s = cuda_mem::pool_highs(c);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Some(json!({
+        "used_peak_mib": mib(s.used_high),
+        "reserved_peak_mib": mib(s.reserved_high),
+        "reserved_after_mib": mib(s.reserved),
+    }))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn pool_figures(_dev: &candle_core::Device) -> Option<serde_json::Value> {
+    None
 }
 
 #[cfg(not(feature = "cuda"))]

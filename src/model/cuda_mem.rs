@@ -6,6 +6,10 @@
 //! process's own usage, and `cuMemGetInfo` for the device-wide usage as a fallback and a
 //! cross-check. Polling every few milliseconds catches the peak of a training step, whose
 //! allocations live for tens of milliseconds at the shortest on the cards this targets.
+//!
+//! The part of that figure which moves between runs is what the stream-ordered allocator's pool
+//! has mapped beyond its live tensors; [`pool_stats`] reads both from the driver (exact, no
+//! sampling), and `WARSHA_LOG=warsha::pool=debug` logs them per training phase.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use candle_core::cuda::cudarc::driver::sys as cudarc_sys;
 use candle_core::cuda::CudaDevice;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -197,4 +202,90 @@ pub fn mem_info(dev: &CudaDevice) -> candle_core::Result<(usize, usize)> {
         .context()
         .mem_get_info()
         .map_err(|e| candle_core::Error::Msg(format!("cuMemGetInfo: {e}")))
+}
+
+/// What the stream-ordered allocator's pool holds, in bytes: `used` is what live tensors
+/// take, `reserved` what the pool has mapped (the part of the process figure that moves).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PoolStats {
+    pub used: u64,
+    pub reserved: u64,
+    pub used_high: u64,
+    pub reserved_high: u64,
+}
+
+fn pool_of(dev: &CudaDevice) -> candle_core::Result<cudarc_sys::CUmemoryPool> {
+    let ctx = dev.cuda_stream().context().clone();
+    // SAFETY: the device handle comes from a live context.
+    unsafe { candle_core::cuda::cudarc::driver::result::device::get_mem_pool(ctx.cu_device()) }
+        .map_err(|e| candle_core::Error::Msg(format!("cuDeviceGetMemPool: {e}")))
+}
+
+fn pool_attr(pool: cudarc_sys::CUmemoryPool, attr: cudarc_sys::CUmemPool_attribute) -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: these attributes are 64-bit values (cuuint64_t), written into `v`.
+    let rc = unsafe {
+        candle_core::cuda::cudarc::driver::result::mem_pool::get_attribute(
+            pool,
+            attr,
+            &mut v as *mut u64 as *mut c_void,
+        )
+    };
+    if rc.is_ok() {
+        v
+    } else {
+        0
+    }
+}
+
+/// The pool's current and high-water figures (zeros where the driver does not say).
+pub fn pool_stats(dev: &CudaDevice) -> PoolStats {
+    use cudarc_sys::CUmemPool_attribute as A;
+    let Ok(pool) = pool_of(dev) else { return PoolStats::default() };
+    PoolStats {
+        used: pool_attr(pool, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT),
+        reserved: pool_attr(pool, A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+        used_high: pool_attr(pool, A::CU_MEMPOOL_ATTR_USED_MEM_HIGH),
+        reserved_high: pool_attr(pool, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH),
+    }
+}
+
+/// Restarts both high-water marks from the current figures.
+pub fn reset_pool_highs(dev: &CudaDevice) {
+    use cudarc_sys::CUmemPool_attribute as A;
+    let Ok(pool) = pool_of(dev) else { return };
+    for attr in [A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+        let mut zero: u64 = 0;
+        // SAFETY: setting a high-water mark takes a 64-bit zero, which resets it.
+        let _ = unsafe {
+            candle_core::cuda::cudarc::driver::result::mem_pool::set_attribute(
+                pool,
+                attr,
+                &mut zero as *mut u64 as *mut c_void,
+            )
+        };
+    }
+}
+
+static USED_HIGH: AtomicU64 = AtomicU64::new(0);
+static RESERVED_HIGH: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the pool's high-water marks into the process-wide maxima, then restarts them, so the
+/// next read covers only what came after (per-phase attribution); returns what was read.
+pub fn take_pool_highs(dev: &CudaDevice) -> PoolStats {
+    let s = pool_stats(dev);
+    USED_HIGH.fetch_max(s.used_high, Ordering::Relaxed);
+    RESERVED_HIGH.fetch_max(s.reserved_high, Ordering::Relaxed);
+    reset_pool_highs(dev);
+    s
+}
+
+/// The pool's high-water marks over the whole process, including any taken per phase.
+pub fn pool_highs(dev: &CudaDevice) -> PoolStats {
+    let s = pool_stats(dev);
+    PoolStats {
+        used_high: s.used_high.max(USED_HIGH.load(Ordering::Relaxed)),
+        reserved_high: s.reserved_high.max(RESERVED_HIGH.load(Ordering::Relaxed)),
+        ..s
+    }
 }

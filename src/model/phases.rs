@@ -12,6 +12,9 @@ use std::time::Instant;
 use candle_core::Device;
 
 const TARGET: &str = "warsha::phases";
+/// Per-phase high-water marks of the CUDA allocator's pool (no synchronization involved: the
+/// pool counts allocations as they are enqueued, in stream order).
+const POOL_TARGET: &str = "warsha::pool";
 
 struct Clock {
     last: Instant,
@@ -20,6 +23,48 @@ struct Clock {
 
 thread_local! {
     static CLOCK: RefCell<Option<Clock>> = const { RefCell::new(None) };
+    /// Phase → (most bytes in live tensors, most bytes mapped) during that phase.
+    static POOL: RefCell<Vec<(&'static str, u64, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pool_enabled() -> bool {
+    tracing::enabled!(target: POOL_TARGET, tracing::Level::DEBUG)
+}
+
+#[cfg(feature = "cuda")]
+fn pool_mark(dev: &Device, phase: &'static str) {
+    let Device::Cuda(d) = dev else { return };
+    if !pool_enabled() {
+        return;
+    }
+    let s = super::cuda_mem::take_pool_highs(d);
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.iter_mut().find(|e| e.0 == phase) {
+            Some(e) => {
+                e.1 = e.1.max(s.used_high);
+                e.2 = e.2.max(s.reserved_high);
+            }
+            None => p.push((phase, s.used_high, s.reserved_high)),
+        }
+    });
+}
+
+#[cfg(not(feature = "cuda"))]
+fn pool_mark(_dev: &Device, _phase: &'static str) {}
+
+/// Logs the pool's per-phase high-water marks gathered since the last call, and clears them.
+pub fn report_pool() {
+    if !pool_enabled() {
+        return;
+    }
+    let parts: Vec<String> = POOL.with(|p| {
+        p.borrow_mut()
+            .drain(..)
+            .map(|(ph, u, r)| format!("{ph} {:.0}/{:.0}", u as f64 / 1048576.0, r as f64 / 1048576.0))
+            .collect()
+    });
+    tracing::debug!(target: POOL_TARGET, "pool MiB used/reserved by phase: {}", parts.join(", "));
 }
 
 /// Whether phases are being timed.
@@ -29,6 +74,7 @@ pub fn enabled() -> bool {
 
 /// Starts (or restarts) timing on this thread.
 pub fn start(dev: &Device) {
+    pool_mark(dev, "between steps");
     if !enabled() {
         return;
     }
@@ -38,6 +84,7 @@ pub fn start(dev: &Device) {
 
 /// Charges the time since the previous mark to `phase`.
 pub fn mark(dev: &Device, phase: &'static str) {
+    pool_mark(dev, phase);
     if !enabled() {
         return;
     }

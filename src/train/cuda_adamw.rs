@@ -1,11 +1,11 @@
 //! The AdamW update of one parameter tensor as a single kernel on a CUDA device (kernel in
-//! src/train/cuda_adamw.cu); the tensor form in optim.rs stays the reference and the CPU path.
+//! src/train/cuda_adamw.cu), written over the parameter and its moments; the tensor form in
+//! optim.rs stays the reference and the CPU path.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use candle_core::cuda::{CudaDevice, CudaStorage};
-use candle_core::op::BackpropOp;
-use candle_core::{Result, Storage, Tensor};
+use candle_core::cuda::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda::CudaStorage;
+use candle_core::{InplaceOp3, Layout, Result, Storage, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_adamw.ptx"));
 const MODULE: &str = "warsha_adamw";
@@ -28,51 +28,90 @@ pub struct Coeffs {
     pub decay: f32,
 }
 
-/// New (parameter, m, v) from f32 tensors of one shape on one CUDA device.
-pub fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: Coeffs) -> Result<(Tensor, Tensor, Tensor)> {
-    let n = p.elem_count();
-    let guards = [p, g, m, v].map(|t| t.storage_and_layout());
-    let mut views = Vec::with_capacity(4);
-    let mut dev: Option<CudaDevice> = None;
-    for (st, l) in &guards {
-        let Storage::Cuda(cs) = &**st else { return Err(err("tensor is not on a CUDA device")) };
-        let (o1, o2) = l.contiguous_offsets().ok_or_else(|| err("tensor is not contiguous"))?;
-        if o2 - o1 != n {
-            return Err(err("tensors differ in size"));
-        }
-        views.push(cs.as_cuda_slice::<f32>()?.slice(o1..o2));
-        dev.get_or_insert_with(|| cs.device().clone());
+/// The update written over the parameter `p` (a `Var`'s tensor) and the moments `m` and `v`,
+/// which keep their allocations from step to step. `m` and `v` must be contiguous tensors of
+/// their own (not views of each other or of `p`): the optimizer owns them.
+pub fn update_in_place(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: Coeffs) -> Result<()> {
+    // candle rejects moments that share the parameter's storage; the kernel below rejects
+    // moments and gradient that overlap each other.
+    p.inplace_op3(m, v, &InPlace { g: g.clone(), c })
+}
+
+/// The in-place op: the parameter is the destination candle hands over mutably; the moments
+/// arrive as sources and are written through their device pointers; the gradient is read.
+struct InPlace {
+    g: Tensor,
+    c: Coeffs,
+}
+
+impl InplaceOp3 for InPlace {
+    fn name(&self) -> &'static str {
+        "adamw-in-place"
     }
-    let dev = dev.ok_or_else(|| err("no tensors"))?;
-    let func = dev.get_or_load_custom_func("adamw_f32", MODULE, PTX)?;
-    // SAFETY: the kernel writes all n elements of each output.
-    let (mut po, mut mo, mut vo): (CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>) =
-        unsafe { (dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?, dev.alloc::<f32>(n)?) };
-    let threads = 256u32;
-    let grid = n.div_ceil(threads as usize).clamp(1, 1 << 16) as u32;
-    let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-    {
-        let mut b = func.builder();
-        for v in &views {
-            b.arg(v);
+
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        Err(err("the in-place update runs on CUDA only"))
+    }
+
+    fn cuda_fwd(
+        &self,
+        dst: &mut CudaStorage,
+        dst_l: &Layout,
+        ms: &CudaStorage,
+        ml: &Layout,
+        vs: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let c = self.c;
+        let n = dst_l.shape().elem_count();
+        let range = |l: &Layout| {
+            let (o1, o2) = l.contiguous_offsets().ok_or_else(|| err("tensor is not contiguous"))?;
+            if o2 - o1 != n {
+                return Err(err("tensors differ in size"));
+            }
+            Ok(o1..o2)
+        };
+        let dev = dst.device().clone();
+        let stream = dev.cuda_stream();
+        let func = dev.get_or_load_custom_func("adamw_f32_inplace", MODULE, PTX)?;
+        let (gguard, gl) = self.g.storage_and_layout();
+        let Storage::Cuda(gs) = &*gguard else { return Err(err("gradient is not on a CUDA device")) };
+        let (gr, mr, vr) = (range(gl)?, range(ml)?, range(vl)?);
+        let g = gs.as_cuda_slice::<f32>()?.slice(gr);
+        let m = ms.as_cuda_slice::<f32>()?.slice(mr);
+        let v = vs.as_cuda_slice::<f32>()?.slice(vr);
+        // SAFETY (for the writes through m and v below): the optimizer slot is the only owner of
+        // these storages, training runs on one host thread, and the kernel is ordered on the one
+        // stream after every earlier reader.
+        let (m_ptr, _m_rec) = m.device_ptr(&stream);
+        let (v_ptr, _v_rec) = v.device_ptr(&stream);
+        let (g_ptr, _g_rec) = g.device_ptr(&stream);
+        let bytes = (n * std::mem::size_of::<f32>()) as u64;
+        let overlap = |a: u64, b: u64| a < b + bytes && b < a + bytes;
+        if n > 0 && (overlap(m_ptr, v_ptr) || overlap(m_ptr, g_ptr) || overlap(v_ptr, g_ptr)) {
+            return Err(err("moments and gradient must not overlap"));
         }
-        b.arg(&n);
+        let dr = range(dst_l)?;
+        let mut p = dst.as_cuda_slice_mut::<f32>()?.slice_mut(dr);
+        let threads = 256u32;
+        let grid = n.div_ceil(threads as usize).clamp(1, 1 << 16) as u32;
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut b = func.builder();
+        b.arg(&mut p).arg(&g).arg(&m_ptr).arg(&v_ptr).arg(&n);
         for x in [&c.beta1, &c.beta2, &c.inv_bc2, &c.eps, &c.lr_hat, &c.decay] {
             b.arg(x);
         }
-        b.arg(&mut po).arg(&mut mo).arg(&mut vo);
-        // SAFETY: argument order and types match adamw_f32 in the .cu file.
+        // SAFETY: argument order and types match adamw_f32_inplace in the .cu file; the device
+        // pointers are passed by value as the kernel's float* parameters.
         unsafe { b.launch(cfg) }.map_err(err)?;
+        Ok(())
     }
-    drop(views);
-    drop(guards);
-    let wrap = |s: CudaSlice<f32>| {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())),
-            p.shape().clone(),
-            BackpropOp::none(),
-            false,
-        )
-    };
-    Ok((wrap(po), wrap(mo), wrap(vo)))
 }

@@ -106,11 +106,13 @@ impl AdamW {
                     lr_hat: lr_hat as f32,
                     decay: if p.weight_decay != 0.0 { decay as f32 } else { 1.0 },
                 };
-                let (next, m, v) =
-                    super::cuda_adamw::update(slot.var.as_tensor(), &g.contiguous()?, &slot.m, &slot.v, c)?;
-                slot.var.set(&next)?;
-                slot.m = m;
-                slot.v = v;
+                super::cuda_adamw::update_in_place(
+                    slot.var.as_tensor(),
+                    &g.contiguous()?,
+                    &slot.m,
+                    &slot.v,
+                    c,
+                )?;
                 continue;
             }
             let m = ((&slot.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
@@ -126,12 +128,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// A copy of the moments for a checkpoint.
-    pub fn state(&self) -> AdamWState {
-        AdamWState {
-            t: self.t,
-            moments: self.slots.iter().map(|s| (s.name.clone(), s.m.clone(), s.v.clone())).collect(),
-        }
+    /// A copy of the moments for a checkpoint, on the host: the device moments are updated in
+    /// place by the next step.
+    pub fn state(&self) -> Result<AdamWState> {
+        let host =
+            |t: &Tensor| if t.device().is_cpu() { t.copy() } else { t.to_device(&candle_core::Device::Cpu) };
+        let moments = self
+            .slots
+            .iter()
+            .map(|s| Ok((s.name.clone(), host(&s.m)?, host(&s.v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamWState { t: self.t, moments })
     }
 
     /// Restore moments saved by [`AdamW::state`]; every parameter must be present with its shape.
@@ -152,9 +159,11 @@ impl AdamW {
                     want
                 );
             }
+            // Copies of their own: the CUDA update writes the moments in place, and the loaded
+            // tensors may share storage (with each other or with whoever loaded them).
             let dev = slot.var.device();
-            slot.m = m.to_dtype(DType::F32)?.to_device(dev)?;
-            slot.v = v.to_dtype(DType::F32)?.to_device(dev)?;
+            slot.m = m.to_dtype(DType::F32)?.to_device(dev)?.copy()?;
+            slot.v = v.to_dtype(DType::F32)?.to_device(dev)?.copy()?;
         }
         if let Some(extra) = by_name.keys().next() {
             candle_core::bail!("optimizer state names {extra}, which is not a parameter of this adapter");
@@ -269,7 +278,7 @@ mod tests {
         let a = mk();
         let mut oa = AdamW::new(vec![("p".into(), a.clone())], hp).unwrap();
         oa.step(std::slice::from_ref(&g1), 0.1).unwrap();
-        let saved = oa.state();
+        let saved = oa.state().unwrap();
         let snapshot = a.as_tensor().copy().unwrap();
         oa.step(std::slice::from_ref(&g2), 0.1).unwrap();
 

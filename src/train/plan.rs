@@ -23,8 +23,10 @@ pub const CUDA_CONTEXT_BYTES: u64 = 700 * MIB;
 /// What the stream-ordered allocator's pool holds beyond the live tensors at the peak. Freed
 /// blocks stay mapped until the pool is trimmed and are split between sizes, so the process
 /// figure runs above the tensors counted here: on an H200 (Qwen2-1.5B shape, r=16, seq 512) by
-/// 220 to 1,000 MiB across runs of one build, by ~0 at 1,024 and 2,048 positions where the
-/// replayed block is over-counted by about as much (bench/gpu-h200.md, third series).
+/// 220 to 1,000 MiB across runs while the optimizer reallocated its moments every step (third
+/// series), by 100 to 320 MiB of mapped-but-free pool since it updates them in place (fourth
+/// series, where the allowance over-predicts by 13–19%); kept, since over-predicting only
+/// costs a smaller shape (bench/gpu-h200.md).
 pub const CUDA_POOL_SLACK_BYTES: u64 = 400 * MIB;
 /// Process baseline on CPU: binary, shared libraries, SQLite, thread stacks.
 pub const CPU_BASELINE_BYTES: u64 = 48 * MIB;

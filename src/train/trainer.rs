@@ -210,6 +210,7 @@ impl<'a> Trainer<'a> {
         }
         self.step += 1;
         phases::report();
+        phases::report_pool();
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepReport {
             step: self.step,
@@ -251,7 +252,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<std::path::PathBuf, TrainError> {
         let weights: Vec<(String, Tensor)> =
             self.adapter.vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        checkpoint::save(dir, &self.state(run_id, data), &weights, &self.opt.state(), keep)
+        checkpoint::save(dir, &self.state(run_id, data), &weights, &self.opt.state()?, keep)
     }
 
     /// Continue from a checkpoint: weights, moments, step, schedule, scaler,
