@@ -29,6 +29,7 @@ fn main() {
             println!("cargo::warning=CUDA_COMPUTE_CAP not set: building the crate's kernels for compute 7.5");
             75
         });
+    println!("cargo::rerun-if-changed=src/model/cuda_common.cuh");
     for src in KERNELS {
         println!("cargo::rerun-if-changed={src}");
         let stem = PathBuf::from(src).file_stem().and_then(|s| s.to_str()).unwrap_or("kernel").to_string();
