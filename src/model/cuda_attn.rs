@@ -9,6 +9,8 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Storage, Tensor};
 
+use super::cuda_kernel::{by_dtype, kernel_name};
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_attn.ptx"));
 const MODULE: &str = "warsha_attn";
 const THREADS: u32 = 256;
@@ -34,15 +36,6 @@ fn cfg(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn sfx(dtype: DType) -> candle_core::Result<&'static str> {
-    Ok(match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        other => return Err(err(format!("no kernel for {other:?}"))),
-    })
-}
-
 /// Runs `f` with a contiguous view of `t`'s elements.
 fn view<T: CudaDType, R>(
     t: &Tensor,
@@ -64,27 +57,6 @@ fn rows_cols(s: &Tensor) -> candle_core::Result<(usize, usize)> {
     Ok((s.elem_count() / cols.max(1), cols))
 }
 
-/// Dispatches `$body` with `$t` bound to the Rust element type of `$dtype`.
-macro_rules! by_dtype {
-    ($dtype:expr, $t:ident, $body:block) => {
-        match $dtype {
-            DType::F32 => {
-                type $t = f32;
-                $body
-            }
-            DType::BF16 => {
-                type $t = half::bf16;
-                $body
-            }
-            DType::F16 => {
-                type $t = half::f16;
-                $body
-            }
-            other => Err(err(format!("no kernel for {other:?}"))),
-        }
-    };
-}
-
 /// Masked softmax of scores `s (…, cols)` scaled by `scale`: (probabilities in s's dtype and
 /// shape, log-sum-exp per row (rows,) f32).
 pub fn softmax_fwd(
@@ -94,7 +66,7 @@ pub fn softmax_fwd(
     scale: f32,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let (rows, cols) = rows_cols(s)?;
-    let name = format!("attn_softmax_fwd_{}", sfx(s.dtype())?);
+    let name = kernel_name("attn_softmax_fwd", s.dtype())?;
     by_dtype!(s.dtype(), T, {
         view::<T, _>(s, |sv, dev| {
             view::<u32, _>(seg_start, |segv, _| {
@@ -128,7 +100,7 @@ pub fn probs(
     scale: f32,
 ) -> candle_core::Result<Tensor> {
     let (rows, cols) = rows_cols(s)?;
-    let name = format!("attn_probs_{}", sfx(s.dtype())?);
+    let name = kernel_name("attn_probs", s.dtype())?;
     by_dtype!(s.dtype(), T, {
         view::<T, _>(s, |sv, dev| {
             view::<f32, _>(lse, |lv, _| {
@@ -160,7 +132,7 @@ pub fn dscores(p: &Tensor, dp: &Tensor, d: &Tensor, scale: f32) -> candle_core::
     if dp.dims() != p.dims() || dp.dtype() != p.dtype() || d.elem_count() != rows {
         return Err(err(format!("dscores shapes {:?} {:?} {:?}", p.dims(), dp.dims(), d.dims())));
     }
-    let name = format!("attn_dscores_{}", sfx(p.dtype())?);
+    let name = kernel_name("attn_dscores", p.dtype())?;
     by_dtype!(p.dtype(), T, {
         view::<T, _>(p, |pv, dev| {
             view::<T, _>(dp, |dpv, _| {

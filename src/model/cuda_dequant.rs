@@ -20,6 +20,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor
 
 use super::qlinear::FrozenWeight;
 
+use super::cuda_kernel::kernel_name;
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_dequant.ptx"));
 const MODULE: &str = "warsha_dequant";
 /// Largest dense slice of a frozen weight that the backward pass expands at once.
@@ -37,17 +39,6 @@ fn launch_cfg(items: usize) -> LaunchConfig {
     let threads = 256u32;
     let grid = items.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
     LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// The kernel name for `base` writing `dtype`.
-fn kernel(base: &str, dtype: DType) -> candle_core::Result<String> {
-    let sfx = match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        other => return Err(err(format!("no kernel for {other:?} output"))),
-    };
-    Ok(format!("{base}_{sfx}"))
 }
 
 /// Allocates `n` elements of `dtype`, pushes the arguments `$push` gives, then the output
@@ -145,7 +136,7 @@ impl CustomOp3 for Nf4Rows {
         let n = self.rows.len() * self.cols;
         let first_word = (self.rows.start * self.cols / 8) as u64;
         let words = (n / 8) as u64;
-        let func = dev.get_or_load_custom_func(&kernel("nf4_rows", self.dtype)?, MODULE, PTX)?;
+        let func = dev.get_or_load_custom_func(&kernel_name("nf4_rows", self.dtype)?, MODULE, PTX)?;
         let offset = self.offset;
         let storage = launch_into!(dev, self.dtype, n, func, launch_cfg(n / 8), |b| {
             b.arg(&packed).arg(&codes).arg(&scales).arg(&offset).arg(&first_word).arg(&words);
@@ -189,7 +180,7 @@ impl CustomOp1 for Q8_0Rows {
         let n = self.rows.len() * self.cols;
         let first_quad = (self.rows.start * self.cols / 4) as u64;
         let quads = (n / 4) as u64;
-        let func = dev.get_or_load_custom_func(&kernel("q8_0_rows", self.dtype)?, MODULE, PTX)?;
+        let func = dev.get_or_load_custom_func(&kernel_name("q8_0_rows", self.dtype)?, MODULE, PTX)?;
         let (ptr, guard) = self.q.device_ptr_with_guard(&stream)?;
         let data = ptr as u64;
         let storage = launch_into!(dev, self.dtype, n, func, launch_cfg(n / 4), |b| {

@@ -9,6 +9,8 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Layout, Shape, Storage, Tensor};
 
+use super::cuda_kernel::{by_dtype, kernel_name};
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_fused.ptx"));
 const MODULE: &str = "warsha_fused";
 const THREADS: u32 = 256;
@@ -24,37 +26,6 @@ fn per_row(rows: usize) -> LaunchConfig {
 fn per_elem(n: usize) -> LaunchConfig {
     let grid = n.div_ceil(THREADS as usize).max(1) as u32;
     LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn name(base: &str, dtype: DType) -> candle_core::Result<String> {
-    let sfx = match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        other => return Err(err(format!("no {base} kernel for {other:?}"))),
-    };
-    Ok(format!("{base}_{sfx}"))
-}
-
-/// Dispatches `$body` with `$t` bound to the Rust element type of `$dtype`.
-macro_rules! by_dtype {
-    ($dtype:expr, $t:ident, $body:block) => {
-        match $dtype {
-            DType::F32 => {
-                type $t = f32;
-                $body
-            }
-            DType::BF16 => {
-                type $t = half::bf16;
-                $body
-            }
-            DType::F16 => {
-                type $t = half::f16;
-                $body
-            }
-            other => Err(err(format!("no kernel for {other:?}"))),
-        }
-    };
 }
 
 /// The elements a contiguous layout covers.
@@ -93,7 +64,7 @@ pub fn rms_norm_fwd(
         return Err(err(format!("rms norm: weight {:?} for rows of {cols}", wl.dims())));
     }
     let dev = x.device().clone();
-    let f = dev.get_or_load_custom_func(&name("rmsnorm_fwd", x.dtype())?, MODULE, PTX)?;
+    let f = dev.get_or_load_custom_func(&kernel_name("rmsnorm_fwd", x.dtype())?, MODULE, PTX)?;
     by_dtype!(x.dtype(), T, {
         let (xv, wv) = (view::<T>(x, xl)?, view::<T>(w, wl)?);
         // SAFETY: the kernel writes every element of y.
@@ -116,7 +87,7 @@ pub fn rms_norm_bwd(x: &Tensor, w: &Tensor, g: &Tensor, eps: f32) -> candle_core
         with(w, |ws, wl| {
             with(&g, |gs, gl| {
                 let dev = xs.device().clone();
-                let f = dev.get_or_load_custom_func(&name("rmsnorm_bwd", xs.dtype())?, MODULE, PTX)?;
+                let f = dev.get_or_load_custom_func(&kernel_name("rmsnorm_bwd", xs.dtype())?, MODULE, PTX)?;
                 by_dtype!(xs.dtype(), T, {
                     let (xv, wv, gv) = (view::<T>(xs, xl)?, view::<T>(ws, wl)?, view::<T>(gs, gl)?);
                     // SAFETY: the kernel writes every element of dx.
@@ -150,7 +121,7 @@ pub fn rope(
     let st = xl.stride();
     let args: [i64; 5] = [xl.start_offset() as i64, st[0] as i64, st[1] as i64, st[2] as i64, st[3] as i64];
     let dev = x.device().clone();
-    let f = dev.get_or_load_custom_func(&name("rope", x.dtype())?, MODULE, PTX)?;
+    let f = dev.get_or_load_custom_func(&kernel_name("rope", x.dtype())?, MODULE, PTX)?;
     with(cos, |cs, cl| {
         with(sin, |ss, sl| {
             by_dtype!(x.dtype(), T, {
@@ -196,7 +167,7 @@ pub fn swiglu_fwd(
         return Err(err(format!("swiglu shapes {:?} {:?}", gl.dims(), ul.dims())));
     }
     let dev = g.device().clone();
-    let f = dev.get_or_load_custom_func(&name("swiglu_fwd", g.dtype())?, MODULE, PTX)?;
+    let f = dev.get_or_load_custom_func(&kernel_name("swiglu_fwd", g.dtype())?, MODULE, PTX)?;
     by_dtype!(g.dtype(), T, {
         let (gv, uv) = (view::<T>(g, gl)?, view::<T>(u, ul)?);
         // SAFETY: the kernel writes every element of y.
@@ -219,7 +190,7 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, dy: &Tensor) -> candle_core::Resul
         with(&up, |us, ul| {
             with(&dy, |ds, dl| {
                 let dev = gs.device().clone();
-                let f = dev.get_or_load_custom_func(&name("swiglu_bwd", gs.dtype())?, MODULE, PTX)?;
+                let f = dev.get_or_load_custom_func(&kernel_name("swiglu_bwd", gs.dtype())?, MODULE, PTX)?;
                 by_dtype!(gs.dtype(), T, {
                     let (gv, uv, dv) = (view::<T>(gs, gl)?, view::<T>(us, ul)?, view::<T>(ds, dl)?);
                     // SAFETY: the kernel writes every element of both outputs.
@@ -267,7 +238,7 @@ impl LseFold {
     ) -> candle_core::Result<()> {
         let (len, cols) = z.dims2()?;
         let z = z.contiguous()?;
-        let f = self.dev.get_or_load_custom_func(&name("ce_fold", z.dtype())?, MODULE, PTX)?;
+        let f = self.dev.get_or_load_custom_func(&kernel_name("ce_fold", z.dtype())?, MODULE, PTX)?;
         let (r0, c) = (col0 as i32, cols as i32);
         with(&z, |zs, zl| {
             with(targets, |ts, tl| {
@@ -318,7 +289,7 @@ pub fn ce_dz(
             with(&coef, |cs, cl| {
                 with(&targets, |ts, tl| {
                     let dev = zs.device().clone();
-                    let f = dev.get_or_load_custom_func(&name("ce_dz", zs.dtype())?, MODULE, PTX)?;
+                    let f = dev.get_or_load_custom_func(&kernel_name("ce_dz", zs.dtype())?, MODULE, PTX)?;
                     by_dtype!(zs.dtype(), T, {
                         let zv = view::<T>(zs, zl)?;
                         let (lv, cv, tv) = (view::<f32>(ls, ll)?, view::<f32>(cs, cl)?, view::<u32>(ts, tl)?);

@@ -15,6 +15,8 @@ pub mod cuda_dropout;
 #[cfg(feature = "cuda")]
 mod cuda_fused;
 #[cfg(feature = "cuda")]
+mod cuda_kernel;
+#[cfg(feature = "cuda")]
 pub mod cuda_mem;
 mod custom_op;
 pub mod decoder;
