@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
-use candle_core::{DType, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 
 use super::cuda_kernel::{by_dtype, kernel_name};
 
