@@ -95,24 +95,12 @@ impl Answerer<'_> {
             return Err(AnswerError::Empty);
         }
         let started = Instant::now();
-        let hits = store.search_chunks(&search_form(question), SOURCES)?;
-        let prompt = self.tok.chat_prompt(Some(&system_prompt(&hits)), question)?;
-        let sampling =
-            Sampling { greedy: true, temperature: 0.0, top_p: 1.0, top_k: 0, repeat_penalty: 1.0, seed: 0 };
-        let generation = generate(
-            self.base,
-            self.adapter.map(|(_, a)| a),
-            self.tok,
-            &prompt,
-            &sampling,
-            self.max_tokens,
-            &mut |piece| {
-                on_text(piece);
-                true
-            },
-        )?;
+        let (sources, prompt) = retrieve(store, self.tok, question)?;
+        let generation = self.generate(&prompt, &mut |piece| {
+            on_text(piece);
+            true
+        })?;
         let latency_ms = started.elapsed().as_millis() as u64;
-        let sources: Vec<Source> = hits.iter().map(source_of).collect();
         let text = generation.text.trim().to_string();
         let adapter_id = self.adapter.map(|(id, _)| id);
         let (question_id, answer_id) = store.record_answer(
@@ -134,6 +122,28 @@ impl Answerer<'_> {
             latency_ms,
         })
     }
+}
+
+impl Answerer<'_> {
+    /// Greedy generation from a prompt made by [`retrieve`]; `on_text`
+    /// returning false stops it (a client that went away).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<crate::model::generate::Generation, AnswerError> {
+        let sampling =
+            Sampling { greedy: true, temperature: 0.0, top_p: 1.0, top_k: 0, repeat_penalty: 1.0, seed: 0 };
+        Ok(generate(self.base, self.adapter.map(|(_, a)| a), self.tok, prompt, &sampling, self.max_tokens, on_text)?)
+    }
+}
+
+/// The sources for `question` and the prompt that puts them before it.
+/// Reads only: the service runs it on a query thread's read-only connection.
+pub fn retrieve(store: &Store, tok: &Tok, question: &str) -> Result<(Vec<Source>, Vec<u32>), AnswerError> {
+    let hits = store.search_chunks(&search_form(question), SOURCES)?;
+    let prompt = tok.chat_prompt(Some(&system_prompt(&hits)), question)?;
+    Ok((hits.iter().map(source_of).collect(), prompt))
 }
 
 fn system_prompt(hits: &[ChunkHit]) -> String {

@@ -37,6 +37,7 @@ pub struct Config {
     pub schedule: Schedule,
     pub eval: Eval,
     pub retention: Retention,
+    pub service: Service,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +128,16 @@ pub struct Retention {
     pub keep_adapters: usize,
     pub keep_checkpoints: usize,
     pub events_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub group: String,
+    pub max_clients: usize,
+    pub max_line_bytes: usize,
+    pub read_timeout_secs: u64,
+    pub write_timeout_secs: u64,
 }
 
 /// The LoRA projection names accepted in `[lora] targets`.
@@ -309,6 +320,22 @@ impl Config {
         }
         if self.retention.keep_checkpoints == 0 {
             return bad("retention", "keep_checkpoints", "0".into(), "at least 1");
+        }
+        let sv = &self.service;
+        if sv.group.trim().is_empty() {
+            return bad("service", "group", "\"\"".into(), "a group name");
+        }
+        if sv.max_clients == 0 || sv.max_clients > 1024 {
+            return bad("service", "max_clients", sv.max_clients.to_string(), "1..=1024");
+        }
+        if sv.max_line_bytes < 1024 || sv.max_line_bytes > 16 << 20 {
+            return bad("service", "max_line_bytes", sv.max_line_bytes.to_string(), "1024..=16777216 bytes");
+        }
+        for (key, v) in [("read_timeout_secs", sv.read_timeout_secs), ("write_timeout_secs", sv.write_timeout_secs)] {
+            if v == 0 || v > 3600 {
+                let key = if key == "read_timeout_secs" { "read_timeout_secs" } else { "write_timeout_secs" };
+                return bad("service", key, v.to_string(), "1..=3600 seconds");
+            }
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod demo_assets;
 pub mod eval;
 pub mod ingest;
 pub mod model;
+pub mod service;
 pub mod store;
 pub mod text;
 pub mod train;

@@ -17,6 +17,9 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
     match cmd {
         AdaptersCommand::List(o) => list(ctx, o.json),
         AdaptersCommand::Promote { id, out } => {
+            if let Some(mut conn) = super::serve::service(ctx)? {
+                return super::serve::call(&mut conn, json!({"verb": "promote", "adapter": id}), out.json, "promoted");
+            }
             let _lock = ctx.data.lock()?;
             let mut store = ctx.open_store()?;
             let reasons = json!({"promote": true, "reasons": ["promoted by the operator"]});
@@ -30,6 +33,9 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
             print_switch(&s, out.json, "promoted")
         }
         AdaptersCommand::Rollback(o) => {
+            if let Some(mut conn) = super::serve::service(ctx)? {
+                return super::serve::call(&mut conn, json!({"verb": "rollback"}), o.json, "rolled back");
+            }
             let _lock = ctx.data.lock()?;
             let mut store = ctx.open_store()?;
             let s = registry::rollback(&mut store, &ctx.data, ctx.config.retention.keep_adapters)?;

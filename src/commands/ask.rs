@@ -10,6 +10,9 @@ use crate::answer::{Answerer, Origin};
 use crate::cli::AskArgs;
 
 pub fn run(ctx: &Ctx, args: &AskArgs) -> Result<()> {
+    if let Some(mut conn) = super::serve::service(ctx)? {
+        return super::serve::ask(&mut conn, &args.question, args.max_tokens, args.out.json);
+    }
     let model_path = ctx
         .config
         .model_path()

@@ -32,6 +32,12 @@ fn pipeline(cfg: &config::Ingest, data: &DataDir) -> Result<Pipeline> {
 }
 
 pub fn run(ctx: &Ctx, args: &IngestArgs) -> Result<()> {
+    if args.paths.is_empty() {
+        if let Some(mut conn) = super::serve::service(ctx)? {
+            let verb = serde_json::json!({"verb": "ingest-now"});
+            return super::serve::call(&mut conn, verb, args.out.json, "drop folder scan started");
+        }
+    }
     let _lock = ctx.data.lock()?;
     let mut pipe = pipeline(&ctx.config.ingest, &ctx.data)?;
     let json = args.out.json;

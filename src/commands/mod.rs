@@ -11,6 +11,7 @@ mod docs;
 mod eval;
 mod ingest;
 mod model;
+mod serve;
 mod status;
 mod text;
 mod train;
@@ -72,7 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let ctx = Ctx::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
     match cli.command {
         Command::Status(o) => status::run(&ctx, o),
-        Command::Serve => Err(NotYet("the long-running service (warsha serve)").into()),
+        Command::Serve => serve::run(&ctx, cli.config.as_deref()),
         Command::Tui => Err(NotYet("the operator terminal UI (warsha tui)").into()),
         Command::Ingest(a) => ingest::run(&ctx, &a),
         Command::Docs(c) => docs::run(&ctx, &c),

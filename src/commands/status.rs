@@ -1,12 +1,33 @@
 //! `warsha status`: database, model, adapter and training state.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::Ctx;
 use crate::cli::JsonFlag;
+use crate::store::{schema_version_latest, Store};
 
+/// Through the running service when there is one; else the database opened
+/// read-only: `status` never creates, migrates or writes it.
 pub fn run(ctx: &Ctx, out: JsonFlag) -> Result<()> {
-    let store = ctx.open_store()?;
+    if let Some(mut conn) = super::serve::service(ctx)? {
+        return super::serve::status(&mut conn, out.json);
+    }
+    let db = ctx.data.db();
+    if !db.exists() {
+        bail!("no database at {} yet (the service or `warsha ingest` creates it)", db.display());
+    }
+    let store = Store::open_read_only(&db)?;
+    let found = store.schema_version()?;
+    let known = schema_version_latest();
+    if found > known {
+        bail!("the database at {} has schema v{found}, newer than this warsha knows (v{known}): use the newer binary", db.display());
+    }
+    if found < known {
+        bail!(
+            "the database at {} has schema v{found}; this warsha uses v{known} and migrates it on its next write              (the service at start, or any write command); status does not",
+            db.display()
+        );
+    }
     let report = store.status_report(10)?;
     let model = ctx.config.model_path().map(|p| p.display().to_string());
     if out.json {

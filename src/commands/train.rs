@@ -16,6 +16,16 @@ use crate::train::stop::StopWhen;
 use crate::train::{device, install_stop_signals, window_deadline, LocalTime};
 
 pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
+    if !args.plan {
+        if let Some(mut conn) = super::serve::service(ctx)? {
+            let verb = if args.resume {
+                serde_json::json!({"verb": "resume"})
+            } else {
+                serde_json::json!({"verb": "train-now", "steps": args.steps})
+            };
+            return super::serve::call(&mut conn, verb, args.out.json, "round started; `warsha status` follows it");
+        }
+    }
     let cfg = &ctx.config;
     let model_path = cfg.model_path().context(
         "no base model configured: set [model] path (a .gguf file or a safetensors directory; \

@@ -53,6 +53,8 @@ pub struct Worker {
     /// watch on it was set up raise no event of their own.
     rewalk: Vec<(PathBuf, Instant)>,
     done: VecDeque<Outcome>,
+    /// The settled file whose job is running (for a caller that catches a panic).
+    in_hand: Option<PathBuf>,
 }
 
 impl Worker {
@@ -78,6 +80,7 @@ impl Worker {
             scan_pending: true,
             rewalk: Vec::new(),
             done: VecDeque::new(),
+            in_hand: None,
         }
     }
 
@@ -132,7 +135,10 @@ impl Worker {
         }
         if let Some((path, settled)) = self.settler.ready(now) {
             let Some(c) = self.candidate(&path) else { return Ok(Tick::Waiting(Duration::ZERO)) };
-            return match self.pipeline.take(&c, Some(settled))? {
+            self.in_hand = Some(path.clone());
+            let taken = self.pipeline.take(&c, Some(settled));
+            self.in_hand = None;
+            return match taken? {
                 Some(o) if o.state == State::Waiting => {
                     self.settler.restart(path, Instant::now());
                     Ok(Tick::Waiting(Duration::ZERO))
@@ -149,6 +155,15 @@ impl Worker {
             Some(t) => Ok(Tick::Waiting(t.saturating_duration_since(now))),
             None => Ok(Tick::Idle),
         }
+    }
+
+    /// The file whose job a `tick` that did not return (it panicked) was
+    /// running; taking it also drops it from the settling set.
+    pub fn abandon_in_hand(&mut self) -> Option<(PathBuf, String)> {
+        let path = self.in_hand.take()?;
+        self.settler.forget(&path);
+        let rel = rel_string(self.pipeline.drop_root(), &path);
+        Some((path, rel))
     }
 
     /// Block for at most `max` until a hint arrives (or the stop flag is set).

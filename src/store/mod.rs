@@ -14,6 +14,7 @@
 pub mod adapters;
 pub mod evals;
 mod events;
+mod service;
 pub mod ingest;
 mod models;
 mod status;

@@ -252,6 +252,17 @@ pub fn run_round(
     inp: RoundInputs<'_>,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<RoundOutcome, TrainError> {
+    run_round_lending(store, inp, &mut |_, r| on_step(r))
+}
+
+/// [`run_round`] whose step-boundary callback also gets the store back between
+/// steps: the service's one writer keeps serving other threads' writes (and
+/// waits out a question holding the model) there while a round trains.
+pub fn run_round_lending(
+    store: &mut Store,
+    inp: RoundInputs<'_>,
+    on_step: &mut dyn FnMut(&mut Store, &StepReport),
+) -> Result<RoundOutcome, TrainError> {
     let cfg = inp.config;
     let base_sha = inp.base.files().first().map(|(_, s)| s.clone());
     let previous = if inp.resume { store.latest_resumable_run()? } else { None };
@@ -303,7 +314,7 @@ fn round_body(
     snap: &DataSnapshot,
     max_steps: usize,
     resuming: bool,
-    on_step: &mut dyn FnMut(&StepReport),
+    on_step: &mut dyn FnMut(&mut Store, &StepReport),
 ) -> Result<RoundOutcome, TrainError> {
     let cfg = inp.config;
     let base = inp.base;
@@ -413,7 +424,7 @@ fn round_body(
         if rep.loss.is_finite() {
             last_loss = Some(rep.loss);
         }
-        on_step(&rep);
+        on_step(store, &rep);
         if tr.step % cfg.train.checkpoint_every == 0 && tr.step < max_steps {
             tr.save(&ckpt_dir, run_id, &stream, keep)?;
         }

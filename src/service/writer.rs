@@ -1,0 +1,460 @@
+//! The loop thread: the one writer. It owns the read-write store (inside
+//! the ingest worker's pipeline), serves other threads' [`Request`]s, runs
+//! ingest ticks and training rounds, and sends WATCHDOG=1 and STATUS=.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::notify::{self, Heartbeat};
+use super::{ModelState, Progress, ServiceError, Shared};
+use crate::answer::Source;
+use crate::config::Config;
+use crate::ingest::pipeline::Outcome;
+use crate::ingest::worker::{Hint, Tick, Worker};
+use crate::store::{Level, Store};
+use crate::train::round::{run_round_lending, RoundInputs, RoundStatus};
+use crate::train::stop::StopWhen;
+use crate::train::{window_deadline, LocalTime, TrainError};
+
+/// A reply: a JSON result or the reason it failed, in words.
+pub type Reply = Sender<Result<Value, String>>;
+
+/// What other threads ask of the writer. Every variant that changes state
+/// carries the client's uid, recorded with the change.
+pub enum Request {
+    RecordAnswer { answer: AnswerRecord, reply: Reply },
+    Promote { adapter: i64, uid: u32, reply: Reply },
+    Rollback { uid: u32, reply: Reply },
+    Review { answer: i64, verdict: String, text: Option<String>, note: Option<String>, uid: u32, reply: Reply },
+    TrainNow { steps: Option<usize>, uid: u32, reply: Reply },
+    Pause { uid: u32, reply: Reply },
+    Resume { uid: u32, reply: Reply },
+    IngestNow { uid: u32, reply: Reply },
+    Reload { uid: u32, reply: Reply },
+}
+
+/// An answer generated on a client thread, to be recorded.
+pub struct AnswerRecord {
+    pub question: String,
+    pub origin: String,
+    pub adapter_id: Option<i64>,
+    pub text: String,
+    pub sources: Vec<Source>,
+    pub tokens: usize,
+    pub latency_ms: u64,
+}
+
+/// One ingest tick, as the loop sees it: a panic is an outcome, not an exit.
+pub enum IngestStep {
+    Did(Outcome),
+    Waiting(Duration),
+    Idle,
+    Stopped,
+    Failed(String),
+    Panicked { file: Option<String>, message: String },
+}
+
+/// Decisions the requests make for the loop.
+#[derive(Default)]
+struct Control {
+    /// A round asked for (train-now, resume, or a crashed round to finish): its step count.
+    train_now: Option<Option<usize>>,
+    paused: bool,
+    /// The scheduler already looked at the current window.
+    window_seen: bool,
+}
+
+pub struct Loop {
+    shared: std::sync::Arc<Shared>,
+    rx: Receiver<Request>,
+    worker: Worker,
+    beat: Heartbeat,
+    ctl: Control,
+}
+
+impl Loop {
+    pub fn new(shared: std::sync::Arc<Shared>, rx: Receiver<Request>, worker: Worker) -> Self {
+        Self { shared, rx, worker, beat: Heartbeat::new(), ctl: Control::default() }
+    }
+
+    pub fn run(mut self) -> Result<(), ServiceError> {
+        let status = self.activity(None);
+        notify::ready(&status);
+        self.beat.status(&status);
+        self.recover()?;
+        loop {
+            self.beat.beat();
+            if self.shared.stopping() {
+                break;
+            }
+            if self.shared.hup.swap(false, Ordering::Relaxed) {
+                let _ = reload(&self.shared, self.worker.pipeline().store(), 0);
+            }
+            while let Ok(req) = self.rx.try_recv() {
+                handle(self.worker.pipeline().store(), &self.shared, &mut self.ctl, req, false);
+            }
+            if let Some(steps) = self.round_due() {
+                self.round(steps);
+                continue;
+            }
+            let step = self.ingest_tick();
+            let wait = match &step {
+                IngestStep::Did(_) => Duration::ZERO,
+                IngestStep::Waiting(d) => (*d).min(Duration::from_millis(200)),
+                IngestStep::Idle => Duration::from_millis(200),
+                IngestStep::Stopped => break,
+                IngestStep::Failed(_) | IngestStep::Panicked { .. } => Duration::from_secs(1),
+            };
+            self.record_step(step);
+            let line = self.activity(None);
+            self.beat.status(&line);
+            if !wait.is_zero() {
+                match self.rx.recv_timeout(wait) {
+                    Ok(req) => handle(self.worker.pipeline().store(), &self.shared, &mut self.ctl, req, false),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                }
+            }
+        }
+        self.worker.pipeline().store().event(Level::Info, "service", "stopping on signal", None)?;
+        Ok(())
+    }
+
+    /// Work a crash left behind: a round that was running resumes; a
+    /// candidate trained but never gated is gated.
+    fn recover(&mut self) -> Result<(), ServiceError> {
+        let store = self.worker.pipeline().store();
+        if let Some(run) = store.latest_resumable_run()? {
+            if run.status != "paused" {
+                store.event(
+                    Level::Info,
+                    "train",
+                    &format!("run #{} was {} when the service stopped: resuming it", run.id, run.status),
+                    None,
+                )?;
+                self.ctl.train_now = Some(None);
+            }
+        }
+        let ungated: Vec<i64> =
+            store.adapters()?.into_iter().filter(|a| a.state == "candidate").map(|a| a.id).collect();
+        for id in ungated {
+            self.gate(id);
+        }
+        Ok(())
+    }
+
+    fn ingest_tick(&mut self) -> IngestStep {
+        match catch_unwind(AssertUnwindSafe(|| self.worker.tick())) {
+            Ok(Ok(Tick::Did(o))) => IngestStep::Did(o),
+            Ok(Ok(Tick::Waiting(d))) => IngestStep::Waiting(d),
+            Ok(Ok(Tick::Idle)) => IngestStep::Idle,
+            Ok(Ok(Tick::Stopped)) => IngestStep::Stopped,
+            Ok(Err(e)) => IngestStep::Failed(e.to_string()),
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let file = self.worker.abandon_in_hand().map(|(_, rel)| rel);
+                IngestStep::Panicked { file, message }
+            }
+        }
+    }
+
+    fn record_step(&mut self, step: IngestStep) {
+        let store = self.worker.pipeline().store();
+        let r = match step {
+            IngestStep::Did(o) => {
+                let msg = format!("{} {}", o.state.as_str(), o.path);
+                store.event(Level::Info, "ingest", &msg, serde_json::to_value(&o).ok()).map(|_| ())
+            }
+            IngestStep::Failed(e) => {
+                store.event(Level::Error, "ingest", &format!("ingest step failed (retried later): {e}"), None).map(|_| ())
+            }
+            IngestStep::Panicked { file, message } => {
+                let reason = format!("internal error while ingesting: {message}");
+                let mut r = Ok(());
+                if let Some(rel) = &file {
+                    if let Ok(Some(row)) = store.file_open_at(rel, "drop") {
+                        r = store.file_finish(row.id, "rejected", Some(&reason), None, true);
+                    }
+                }
+                let what = file.as_deref().unwrap_or("(no file in hand)");
+                r.and(store.event(Level::Error, "ingest", &format!("{what}: {reason}"), None).map(|_| ()))
+            }
+            IngestStep::Waiting(_) | IngestStep::Idle | IngestStep::Stopped => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "could not record an ingest outcome");
+        }
+    }
+
+    /// Whether a round starts now, and with how many steps.
+    ///
+    /// The nightly start on new material is the scheduler's decision
+    /// (`schedule.rs`); here: an explicit request, and a paused round
+    /// resumed once when its window opens.
+    fn round_due(&mut self) -> Option<Option<usize>> {
+        if let Some(steps) = self.ctl.train_now.take() {
+            return Some(steps);
+        }
+        if self.ctl.paused {
+            return None;
+        }
+        let cfg = self.shared.config();
+        if window_deadline(LocalTime::now(), &cfg).is_none() {
+            self.ctl.window_seen = false;
+            return None;
+        }
+        if self.ctl.window_seen {
+            return None;
+        }
+        self.ctl.window_seen = true;
+        let store = self.worker.pipeline().store();
+        match store.latest_resumable_run() {
+            Ok(Some(_)) => Some(None),
+            _ => None,
+        }
+    }
+
+    fn round(&mut self, steps: Option<usize>) {
+        let ModelState::Loaded(model) = &self.shared.model else {
+            let store = self.worker.pipeline().store();
+            let _ = store.event(Level::Warn, "train", "no model: cannot train", None);
+            return;
+        };
+        let model = model.clone();
+        let cfg = self.shared.config();
+        let Loop { shared, rx, worker, beat, ctl } = self;
+        let store = worker.pipeline().store();
+        let resume = matches!(store.latest_resumable_run(), Ok(Some(_)));
+        let now = Instant::now();
+        let left = window_deadline(LocalTime::now(), &cfg);
+        let window_ends = left.map(|_| cfg.schedule.window_end.clone());
+        shared.halt.store(false, Ordering::Relaxed);
+        let stop = StopWhen { flag: Some(&shared.halt), deadline: left.map(|l| now + l) };
+        let inputs = RoundInputs {
+            config: &cfg,
+            data_dir: &shared.data,
+            base: &model.base,
+            tok: &model.tok,
+            base_model: model.path.display().to_string(),
+            steps,
+            resume,
+            stop,
+        };
+        let total = steps.unwrap_or(cfg.train.max_steps);
+        set_progress(shared, Some(Progress { run_id: None, step: 0, max_steps: total, window_ends: window_ends.clone() }));
+        beat.status(&activity_line(shared, 0));
+        while !shared.lease.step_boundary(Duration::from_millis(50)) {
+            beat.beat();
+        }
+        let mut hook = |store: &mut Store, rep: &crate::train::trainer::StepReport| {
+            set_progress(
+                shared,
+                Some(Progress { run_id: None, step: rep.step, max_steps: total, window_ends: window_ends.clone() }),
+            );
+            beat.status(&activity_line(shared, 0));
+            // The step boundary: serve the queue, yield to questions, stop if asked.
+            loop {
+                beat.beat();
+                while let Ok(req) = rx.try_recv() {
+                    handle(store, shared, ctl, req, true);
+                }
+                if shared.stopping() {
+                    shared.halt.store(true, Ordering::Relaxed);
+                }
+                if shared.lease.step_boundary(Duration::from_millis(50)) {
+                    break;
+                }
+            }
+        };
+        let result = run_round_lending(store, inputs, &mut hook);
+        shared.lease.round_ended();
+        set_progress(shared, None);
+        let store = worker.pipeline().store();
+        let gate = match result {
+            Ok(out) => {
+                let (lvl, msg) = match out.status {
+                    RoundStatus::Done => (Level::Info, format!("run #{} done at step {}", out.run_id, out.steps_done)),
+                    RoundStatus::Paused => (
+                        Level::Info,
+                        format!("run #{} paused at step {}/{} (checkpointed)", out.run_id, out.steps_done, out.max_steps),
+                    ),
+                };
+                let _ = store.event(lvl, "train", &msg, serde_json::to_value(&out).ok());
+                out.adapter_id.filter(|_| out.status == RoundStatus::Done)
+            }
+            Err(TrainError::NoData) => {
+                let _ = store.event(Level::Info, "train", "nothing to train on yet", None);
+                None
+            }
+            Err(e) => {
+                let _ = store.event(Level::Error, "train", &format!("training round failed: {e}"), None);
+                None
+            }
+        };
+        if let Some(id) = gate {
+            self.gate(id);
+        }
+    }
+
+    /// Run the gate on a candidate: promoted or rejected, with the reasons recorded.
+    fn gate(&mut self, id: i64) {
+        let ModelState::Loaded(model) = &self.shared.model else { return };
+        let cfg = self.shared.config();
+        let store = self.worker.pipeline().store();
+        let r = crate::adapters::gating::gate_candidate(store, &self.shared.data, &cfg, &model.base, &model.tok, id);
+        let _ = match r {
+            Ok(g) => {
+                let verdict = if g.decision.promote { "promoted" } else { "rejected" };
+                let msg = format!("adapter #{id} {verdict} by the gate: {}", g.decision.reasons.join("; "));
+                store.event(Level::Info, "gate", &msg, Some(json!({"decision": g.decision, "adapter": id})))
+            }
+            Err(e) => store.event(Level::Error, "gate", &format!("gating adapter #{id} failed: {e}"), None),
+        };
+    }
+
+    fn activity(&self, _: Option<()>) -> String {
+        activity_line(&self.shared, self.worker.settling().len())
+    }
+}
+
+fn set_progress(sh: &Shared, p: Option<Progress>) {
+    let mut live = sh.live.lock().unwrap_or_else(|e| e.into_inner());
+    live.training = p;
+}
+
+/// The one-line activity of STATUS= and `status`.
+fn activity_line(sh: &Shared, settling: usize) -> String {
+    let mut live = sh.live.lock().unwrap_or_else(|e| e.into_inner());
+    live.settling_files = settling;
+    let mut s = match &live.training {
+        Some(p) => {
+            let mut s = format!("training step {}/{}", p.step, p.max_steps);
+            if let Some(end) = &p.window_ends {
+                s.push_str(&format!(", window ends {end}"));
+            }
+            s
+        }
+        None if settling > 0 => format!("ingesting {settling} files"),
+        None if live.paused => "idle (training paused)".into(),
+        None => "idle".into(),
+    };
+    if let ModelState::Missing(_) = sh.model {
+        s = if s == "idle" { "no model".into() } else { format!("no model; {s}") };
+    }
+    live.activity = s.clone();
+    s
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn by(uid: u32) -> Option<Value> {
+    Some(json!({"uid": uid}))
+}
+
+/// Serve one request with the store (the loop's own, or lent by a round).
+fn handle(store: &mut Store, sh: &Shared, ctl: &mut Control, req: Request, in_round: bool) {
+    let cfg = sh.config();
+    let (reply, result) = match req {
+        Request::RecordAnswer { answer: a, reply } => {
+            let r = store
+                .record_answer(&a.question, &a.origin, a.adapter_id, &a.text, &a.sources, a.tokens, a.latency_ms)
+                .map(|(q, a)| json!({"question_id": q, "answer_id": a}))
+                .map_err(|e| e.to_string());
+            (reply, r)
+        }
+        Request::Promote { adapter, uid, reply } => {
+            let why = json!({"manual": true, "uid": uid});
+            let r = crate::adapters::registry::promote(store, &sh.data, adapter, Some(&why), cfg.retention.keep_adapters)
+                .map_err(|e| e.to_string())
+                .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string()));
+            if r.is_ok() {
+                let _ = store.event(Level::Info, "adapters", &format!("adapter #{adapter} promoted by uid {uid}"), by(uid));
+            }
+            (reply, r)
+        }
+        Request::Rollback { uid, reply } => {
+            let r = crate::adapters::registry::rollback(store, &sh.data, cfg.retention.keep_adapters)
+                .map_err(|e| e.to_string())
+                .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string()));
+            if r.is_ok() {
+                let _ = store.event(Level::Info, "adapters", &format!("rolled back by uid {uid}"), by(uid));
+            }
+            (reply, r)
+        }
+        Request::Review { reply, .. } => {
+            (reply, Err("reviews are not recorded by this build of the service yet; use `warsha review`".into()))
+        }
+        Request::TrainNow { steps, uid, reply } => {
+            let r = if in_round {
+                Err("a round is already training".to_string())
+            } else if let ModelState::Missing(why) = &sh.model {
+                Err(format!("no model: {why}"))
+            } else {
+                ctl.train_now = Some(steps);
+                ctl.paused = false;
+                let _ = store.event(Level::Info, "train", &format!("train-now by uid {uid}"), by(uid));
+                Ok(json!({"started": true}))
+            };
+            (reply, r)
+        }
+        Request::Pause { uid, reply } => {
+            ctl.paused = true;
+            sh.halt.store(true, Ordering::Relaxed);
+            set_paused(sh, true);
+            let _ = store.event(Level::Info, "train", &format!("training paused by uid {uid}"), by(uid));
+            (reply, Ok(json!({"paused": true, "round_running": in_round})))
+        }
+        Request::Resume { uid, reply } => {
+            ctl.paused = false;
+            sh.halt.store(false, Ordering::Relaxed);
+            set_paused(sh, false);
+            let resumable = matches!(store.latest_resumable_run(), Ok(Some(_)));
+            if resumable && !in_round && !matches!(sh.model, ModelState::Missing(_)) {
+                ctl.train_now = Some(None);
+            }
+            let _ = store.event(Level::Info, "train", &format!("training resumed by uid {uid}"), by(uid));
+            (reply, Ok(json!({"paused": false, "resuming_run": resumable && !in_round})))
+        }
+        Request::IngestNow { uid, reply } => {
+            let _ = sh.hints.send(Hint::Rescan);
+            let _ = store.event(Level::Info, "ingest", &format!("ingest-now by uid {uid}"), by(uid));
+            (reply, Ok(json!({"scanning": true, "deferred_until_round_ends": in_round})))
+        }
+        Request::Reload { uid, reply } => (reply, reload(sh, store, uid)),
+    };
+    // A client that went away does not need its reply.
+    let _ = reply.send(result);
+}
+
+fn set_paused(sh: &Shared, paused: bool) {
+    sh.live.lock().unwrap_or_else(|e| e.into_inner()).paused = paused;
+}
+
+/// Re-read the config; a bad file keeps the running config and says why.
+fn reload(sh: &Shared, store: &mut Store, uid: u32) -> Result<Value, String> {
+    match Config::load(sh.config_file.as_deref(), Some(sh.data.root())) {
+        Ok(c) => {
+            *sh.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+            let _ = store.event(
+                Level::Info,
+                "service",
+                "config reloaded (drop-folder settings apply at the next start)",
+                by(uid),
+            );
+            Ok(json!({"reloaded": true}))
+        }
+        Err(e) => {
+            let msg = format!("config reload refused, the running config is kept: {e}");
+            let _ = store.event(Level::Warn, "service", &msg, by(uid));
+            Err(msg)
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! What the service's `events` stream reads: events after a given id.
+
+use super::{Event, Result, Store};
+
+impl Store {
+    /// The newest event's id (0 when there is none).
+    pub fn last_event_id(&self) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Events with an id above `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<Event>> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT id, at, level, component, message, details FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([after, limit as i64], |r| {
+                let details: Option<String> = r.get(5)?;
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    level: r.get(2)?,
+                    component: r.get(3)?,
+                    message: r.get(4)?,
+                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
