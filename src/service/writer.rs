@@ -66,6 +66,8 @@ struct Control {
     paused: bool,
     /// The scheduler already looked at the current window.
     window_seen: bool,
+    /// When old events were last deleted (`[retention] events_days`).
+    pruned: Option<Instant>,
 }
 
 pub struct Loop {
@@ -97,6 +99,7 @@ impl Loop {
             while let Ok(req) = self.rx.try_recv() {
                 handle(self.worker.pipeline().store(), &self.shared, &mut self.ctl, req, false);
             }
+            self.retention();
             if let Some(steps) = self.round_due() {
                 self.round(steps);
                 continue;
@@ -144,6 +147,20 @@ impl Loop {
             self.gate(id);
         }
         Ok(())
+    }
+
+    /// Old events go once a day.
+    fn retention(&mut self) {
+        if self.ctl.pruned.is_some_and(|t| t.elapsed() < Duration::from_secs(86_400)) {
+            return;
+        }
+        self.ctl.pruned = Some(Instant::now());
+        let days = self.shared.config().retention.events_days;
+        match self.worker.pipeline().store().prune_events(days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, days, "old events deleted"),
+            Err(e) => tracing::warn!(error = %e, "could not delete old events"),
+        }
     }
 
     fn ingest_tick(&mut self) -> IngestStep {

@@ -35,3 +35,15 @@ impl Store {
         Ok(rows)
     }
 }
+
+impl Store {
+    /// Delete events older than `days` days (`[retention] events_days`). Returns how many.
+    pub fn prune_events(&mut self, days: u32) -> Result<usize> {
+        let err = self.sql_err();
+        let modifier = format!("-{days} days");
+        self.write(|tx| {
+            tx.execute("DELETE FROM events WHERE at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)", [modifier])
+                .map_err(&err)
+        })
+    }
+}
