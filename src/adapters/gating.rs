@@ -129,9 +129,8 @@ pub fn evaluate_and_gate(
         "reasons": decision.reasons,
         "incumbent": incumbent_id,
     });
-    let err = store.sql_err();
     let figures = json!({"candidate": candidate.metrics, "incumbent": incumbent});
-    store.write(|tx| crate::store::adapters::set_metrics_tx(tx, candidate_id, &figures).map_err(&err))?;
+    store.set_adapter_metrics(candidate_id, &figures)?;
     let switch = if decision.promote {
         Some(promote(store, data, candidate_id, Some(&reasons), keep_adapters)?)
     } else {

@@ -339,17 +339,7 @@ impl Pipeline {
             self.store.file_close(row.id, moved.as_deref())?;
         }
         if chunks == 0 && row.state == "ingested" {
-            chunks = row
-                .document_id
-                .map(|d| {
-                    self.store
-                        .conn()
-                        .query_row("SELECT count(*) FROM chunks WHERE document_id = ?1", [d], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .unwrap_or(0) as usize
-                })
-                .unwrap_or(0);
+            chunks = row.document_id.map(|d| self.store.chunk_count(d).unwrap_or(0)).unwrap_or(0);
         }
         let state = match row.state.as_str() {
             "ingested" => State::Ingested,

@@ -358,6 +358,16 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// How many chunks a document was cut into.
+    pub fn chunk_count(&self, document_id: i64) -> Result<usize> {
+        self.conn()
+            .query_row("SELECT count(*) FROM chunks WHERE document_id = ?1", [document_id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(|e| self.err(e))
+    }
+
     pub fn documents_list(&self) -> Result<Vec<DocumentRow>> {
         let mut stmt = self
             .conn()

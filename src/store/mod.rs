@@ -9,9 +9,13 @@
 //! `synchronous=FULL`: an appliance on USB-class storage must survive power
 //! cuts without losing a committed row.
 //!
-//! Typed queries live beside this file, one file per area.
+//! Typed queries live beside this file, one file per area. This module is
+//! the only place in the crate that writes SQL or names `rusqlite`: the
+//! connection and the transaction stay private here, and every other module
+//! reads and writes through typed `Store` methods.
 
 pub mod adapters;
+mod answers;
 pub mod evals;
 mod events;
 pub mod ingest;
@@ -64,6 +68,16 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The per-connection settings [`Store::open`] applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `wal` for a read-write store.
+    pub journal_mode: String,
+    /// SQLite's code: 2 is FULL.
+    pub synchronous: i64,
+    pub foreign_keys: bool,
+}
 
 /// An open database. `Store` is `Send`, not `Sync`: give each thread its own.
 pub struct Store {
@@ -146,12 +160,12 @@ impl Store {
     }
 
     /// The connection, for reads. Keep read transactions short.
-    pub fn conn(&self) -> &Connection {
+    fn conn(&self) -> &Connection {
         &self.conn
     }
 
     /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back on error.
-    pub fn write<T, E>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    fn write<T, E>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
@@ -166,14 +180,35 @@ impl Store {
     }
 
     /// Wrap a rusqlite error with this database's path.
-    pub fn err(&self, source: rusqlite::Error) -> StoreError {
+    fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite { path: self.path.clone(), source }
     }
 
     /// An owned error mapper, for use inside [`Store::write`] closures.
-    pub fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
+    fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
         let path = self.path.clone();
         move |source| StoreError::Sqlite { path: path.clone(), source }
+    }
+
+    /// The durability settings this connection runs with.
+    pub fn settings(&self) -> Result<Settings> {
+        let c = &self.conn;
+        let q = |sql: &str| {
+            c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0)).map_err(|e| self.err(e))
+        };
+        let text = |v| match v {
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        };
+        let int = |v| match v {
+            rusqlite::types::Value::Integer(i) => i,
+            _ => -1,
+        };
+        Ok(Settings {
+            journal_mode: text(q("PRAGMA journal_mode")?),
+            synchronous: int(q("PRAGMA synchronous")?),
+            foreign_keys: int(q("PRAGMA foreign_keys")?) == 1,
+        })
     }
 
     pub fn schema_version(&self) -> Result<usize> {
