@@ -20,5 +20,6 @@ pub mod eval;
 pub mod ingest;
 pub mod model;
 pub mod store;
+pub mod sys;
 pub mod text;
 pub mod train;

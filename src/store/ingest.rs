@@ -3,10 +3,17 @@
 //! chunks and question–answer pairs, and chunk retrieval over FTS5.
 
 use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Result, Store};
-use crate::ingest::extract::QaPair;
+
+/// One question–answer row of a CSV/JSONL set (`qa_pairs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QaPair {
+    pub system: Option<String>,
+    pub question: String,
+    pub answer: String,
+}
 
 /// One row of `files`.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -42,13 +42,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Versioned migrations. Append only: a shipped migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+    Migrations::new(vec![M::up(include_str!("schema.sql")), M::up(include_str!("evals_placement.sql"))])
 }
 
 /// The latest schema version this binary knows.
 pub fn schema_version_latest() -> usize {
     // One migration per entry above; user_version counts them.
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version_latest(), 1);
+        assert_eq!(schema_version_latest(), 2);
     }
 
     #[test]
