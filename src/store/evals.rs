@@ -188,6 +188,29 @@ mod tests {
     }
 
     #[test]
+    fn evaluations_from_before_placements_migrate_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        {
+            // A database at schema version 1 with one evaluation in it.
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch(include_str!("schema.sql")).unwrap();
+            c.execute_batch(
+                "INSERT INTO evals (adapter_id, base_sha256, eval_set_hash, metrics) VALUES (NULL, 'b', 'h', '{}');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&db).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let rows = s.evals().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].placement, None);
+        let cpu = EvalPlacement { device: "cpu".into(), dtype: "f32".into(), quant: "nf4".into() };
+        assert!(s.latest_eval(None, Some("b"), &cpu, "h").unwrap().is_none());
+    }
+
+    #[test]
     fn unused_reviews_take_corrections_and_skip_used_ones() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("w.db")).unwrap();

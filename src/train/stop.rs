@@ -141,6 +141,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_signal_raises_the_one_flag() {
+        let flag = install_stop_signals().unwrap();
+        assert!(std::ptr::eq(flag, install_stop_signals().unwrap()), "installed once");
+        // One signal only: a second, with the flag raised, would end the test process.
+        signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+        let t = Instant::now();
+        while !flag.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn stop_flag_and_deadline_are_seen() {
         let flag = AtomicBool::new(false);
         let w = StopWhen { flag: Some(&flag), deadline: None };
