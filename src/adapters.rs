@@ -63,3 +63,14 @@ pub enum AdapterError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl From<crate::store::adapters::Refusal> for AdapterError {
+    fn from(r: crate::store::adapters::Refusal) -> Self {
+        use crate::store::adapters::Refusal;
+        match r {
+            Refusal::NotFound(id) => AdapterError::NotFound(id),
+            Refusal::State { id, state, why } => AdapterError::State { id, state, why },
+            Refusal::NothingActive => AdapterError::NothingActive,
+        }
+    }
+}

@@ -180,39 +180,6 @@ fn excerpt(text: &str, max: usize) -> String {
     }
 }
 
-impl Store {
-    /// Record a question and its answer in one transaction.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_answer(
-        &mut self,
-        question: &str,
-        origin: &str,
-        adapter_id: Option<i64>,
-        text: &str,
-        sources: &[Source],
-        tokens: usize,
-        latency_ms: u64,
-    ) -> Result<(i64, i64), StoreError> {
-        let err = self.sql_err();
-        let sources = serde_json::to_string(sources).unwrap_or_else(|_| "[]".into());
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO questions (text, origin) VALUES (?1, ?2)",
-                rusqlite::params![question, origin],
-            )
-            .map_err(&err)?;
-            let qid = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO answers (question_id, adapter_id, text, sources, tokens, latency_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![qid, adapter_id, text, sources, tokens as i64, latency_ms as i64],
-            )
-            .map_err(&err)?;
-            Ok((qid, tx.last_insert_rowid()))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,28 +190,5 @@ mod tests {
         let e = excerpt(s, 4);
         assert_eq!(e, "صمام…");
         assert_eq!(excerpt("short", 10), "short");
-    }
-
-    #[test]
-    fn recorded_answer_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("warsha.db")).unwrap();
-        let src = vec![Source {
-            chunk_id: 1,
-            document_id: 1,
-            name: "a.md".into(),
-            heading: None,
-            excerpt: "x".into(),
-        }];
-        // Sources point at chunks that do not exist here: the JSON column has no foreign key.
-        let (q, a) = store.record_answer("ما هو E-17؟", "cli", None, "Low oil.", &src, 3, 120).unwrap();
-        let (text, sources): (String, String) = store
-            .conn()
-            .query_row("SELECT text, sources FROM answers WHERE id = ?1 AND question_id = ?2", [a, q], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        assert_eq!(text, "Low oil.");
-        assert!(sources.contains("a.md"));
     }
 }

@@ -9,8 +9,7 @@
 //! run/warsha.sock      the service socket; run/warsha.lock the writer lock
 //! ```
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +79,15 @@ impl DataDir {
             .write(true)
             .open(&path)
             .map_err(|source| DataDirError::Lock { path: path.clone(), source })?;
-        // SAFETY: flock on a valid, owned file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        // An exclusive flock(2) on Linux: it belongs to this open file and
+        // goes with it when the guard drops or the process dies.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
                 return Err(DataDirError::Locked { path, holder });
             }
-            return Err(DataDirError::Lock { path, source: err });
+            Err(TryLockError::Error(source)) => return Err(DataDirError::Lock { path, source }),
         }
         let _ = file.set_len(0);
         let _ = std::io::Write::write_all(&mut &file, std::process::id().to_string().as_bytes());

@@ -21,5 +21,6 @@ pub mod ingest;
 pub mod model;
 pub mod service;
 pub mod store;
+pub mod sys;
 pub mod text;
 pub mod train;

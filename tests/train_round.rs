@@ -34,21 +34,22 @@ const DOCS: [(&str, &str); 4] = [
 /// A data dir with four documents, a Q&A set and one corrected answer, and a config pointing at the model.
 fn data_dir(model: &Path, steps: usize) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("warsha.db")).unwrap();
-    let err = store.sql_err();
-    store
-        .write(|tx| {
+    // The store creates the schema; the rows go in over a plain connection.
+    drop(Store::open(&dir.path().join("warsha.db")).unwrap());
+    let mut db = rusqlite::Connection::open(dir.path().join("warsha.db")).unwrap();
+    let tx = db.transaction().unwrap();
+    (|| -> rusqlite::Result<()> {
             for (i, (name, text)) in DOCS.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO documents (id, sha256, name, kind, spool_path, bytes, text) VALUES (?1, ?2, ?3, 'txt', 'spool/x', 1, ?4)",
                     rusqlite::params![i as i64 + 1, format!("{:064x}", i + 1), name, text],
                 )
-                .map_err(&err)?;
+                ?;
                 tx.execute(
                     "INSERT INTO chunks (document_id, ord, text, search_text, tokens) VALUES (?1, 0, ?2, ?2, 20)",
                     rusqlite::params![i as i64 + 1, text],
                 )
-                .map_err(&err)?;
+                ?;
             }
             tx.execute_batch(
                 "INSERT INTO documents (id, sha256, name, kind, spool_path, bytes, text) VALUES (9, 'qa', 'faq.csv', 'csv', 'spool/q', 1, 'q,a');
@@ -60,9 +61,9 @@ fn data_dir(model: &Path, steps: usize) -> (tempfile::TempDir, PathBuf) {
                  INSERT INTO answers (id, question_id, text, sources) VALUES (1, 1, '40 litres.', '[]');
                  INSERT INTO reviews (answer_id, verdict, correction) VALUES (1, 'corrected', '60 litres.');",
             )
-            .map_err(&err)
-        })
-        .unwrap();
+    })()
+    .unwrap();
+    tx.commit().unwrap();
     let cfg = dir.path().join("warsha.toml");
     std::fs::write(
         &cfg,
@@ -131,8 +132,8 @@ fn kill_minus_nine_then_resume_matches_the_uninterrupted_run() {
     assert!(run.heldout_loss.unwrap() > 0.0);
     assert_eq!(run.data_snapshot.heldout_documents.len(), 1);
     assert_eq!(run.data_snapshot.qa_pairs.len(), 3);
-    let (state, path): (String, String) = s
-        .conn()
+    let db = rusqlite::Connection::open(a.path().join("warsha.db")).unwrap();
+    let (state, path): (String, String) = db
         .query_row("SELECT state, path FROM adapters WHERE id = ?1", [run.adapter_id.unwrap()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
@@ -146,7 +147,7 @@ fn kill_minus_nine_then_resume_matches_the_uninterrupted_run() {
     assert_eq!(cfg["target_modules"][0], "q_proj");
     assert!(adir.join("adapter_model.safetensors").metadata().unwrap().len() > 1_000_000);
     let used: i64 =
-        s.conn().query_row("SELECT count(*) FROM reviews WHERE used_in_run = 1", [], |r| r.get(0)).unwrap();
+        db.query_row("SELECT count(*) FROM reviews WHERE used_in_run = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(used, 1);
     let peaks: Vec<Option<f64>> = s.run_steps(1).unwrap().iter().map(|r| r.peak_mem_mib).collect();
     assert!(peaks.iter().all(|p| p.is_some_and(|m| m > 100.0)), "{peaks:?}");

@@ -6,7 +6,8 @@
 //!
 //! The incumbent is not re-scored when an evaluation of it on exactly the
 //! same inputs (eval set, held-out text, reviews, options; see
-//! `eval::suite::inputs_sha256`) and base model is already stored.
+//! `eval::suite::inputs_sha256`), base model and placement (device, dtype,
+//! quantization) is already stored.
 
 use serde::Serialize;
 use serde_json::json;
@@ -22,7 +23,9 @@ use crate::eval::suite::{inputs_sha256, run_suite, EvalError, SuiteInputs, Suite
 use crate::eval::{Metrics, Report};
 use crate::model::tokenizer::Tok;
 use crate::model::Base;
+use crate::store::evals::EvalPlacement;
 use crate::store::Store;
+use crate::train::device::Placement;
 
 /// Everything `evaluate_and_gate` decided and measured.
 /// What can stop a gating pass (boxed: the model's errors are large).
@@ -98,13 +101,14 @@ pub fn evaluate_and_gate(
         .into());
     }
     let base_sha = base_sha256(base);
+    let placement = Placement::of(base).key();
     let set_hash = inputs.eval_set.sha256.clone();
     let want = inputs_sha256(inputs, opts);
 
     let active = store.active_adapter()?;
     let incumbent_id = active.as_ref().map(|r| r.id);
     let stored = store
-        .latest_eval(incumbent_id, base_sha.as_deref(), &set_hash)?
+        .latest_eval(incumbent_id, base_sha.as_deref(), &placement, &set_hash)?
         .and_then(|e| serde_json::from_value::<Metrics>(e.metrics).ok())
         .filter(|m| m.inputs_sha256 == want);
     let (incumbent, reused) = match stored {
@@ -115,23 +119,22 @@ pub fn evaluate_and_gate(
                 None => None,
             };
             let rep = run_suite(base, tok, adapter.as_ref(), inputs, opts)?;
-            record(store, incumbent_id, base_sha.as_deref(), &rep)?;
+            record(store, incumbent_id, base_sha.as_deref(), &placement, &rep)?;
             (rep.metrics, false)
         }
     };
 
     let adapter = load_adapter(&data.root().join(&row.path), base)?;
     let candidate = run_suite(base, tok, Some(&adapter), inputs, opts)?;
-    record(store, Some(candidate_id), base_sha.as_deref(), &candidate)?;
+    record(store, Some(candidate_id), base_sha.as_deref(), &placement, &candidate)?;
     let decision = decide(&candidate.metrics, &incumbent, eval_cfg);
     let reasons = json!({
         "promote": decision.promote,
         "reasons": decision.reasons,
         "incumbent": incumbent_id,
     });
-    let err = store.sql_err();
     let figures = json!({"candidate": candidate.metrics, "incumbent": incumbent});
-    store.write(|tx| crate::store::adapters::set_metrics_tx(tx, candidate_id, &figures).map_err(&err))?;
+    store.set_adapter_metrics(candidate_id, &figures)?;
     let switch = if decision.promote {
         Some(promote(store, data, candidate_id, Some(&reasons), keep_adapters)?)
     } else {
@@ -181,8 +184,9 @@ fn record(
     store: &mut Store,
     adapter_id: Option<i64>,
     base_sha: Option<&str>,
+    placement: &EvalPlacement,
     rep: &Report,
 ) -> Result<i64, GateError> {
     let metrics = serde_json::to_value(&rep.metrics).unwrap_or_default();
-    Ok(store.insert_eval(adapter_id, base_sha, &rep.eval_set_sha256, &metrics)?)
+    Ok(store.insert_eval(adapter_id, base_sha, placement, &rep.eval_set_sha256, &metrics)?)
 }

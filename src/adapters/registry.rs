@@ -1,10 +1,11 @@
 //! Registry operations that touch both the database and the adapter
 //! directories: promote, rollback, retention, import and export.
 //!
-//! Each state switch runs in one `BEGIN IMMEDIATE` transaction that reads the
-//! rows it decides on, so two writers can never interleave a promotion.
-//! Directories of retired adapters are removed only after that transaction
-//! has committed.
+//! Each state switch is one store operation (one `BEGIN IMMEDIATE`
+//! transaction that reads the rows it decides on, so two writers can never
+//! interleave a promotion); this module adds the file-system steps around
+//! it: the weights' hash before, each retired row's directory checked inside
+//! the transaction, and those directories removed only after it committed.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::weights::{BaseShapes, LoraWeights};
 use super::{gguf, peft, AdapterError};
 use crate::data_dir::DataDir;
-use crate::store::adapters::{self as q, AdapterRow, NewAdapter};
+use crate::store::adapters::{AdapterRow, NewAdapter, Transition};
 use crate::store::Store;
 
 /// The outcome of a promotion, rollback or retention pass.
@@ -64,11 +65,6 @@ fn row_dir(data: &DataDir, row: &AdapterRow) -> Result<PathBuf, AdapterError> {
     Ok(data.root().join(rel))
 }
 
-fn sql(store: &Store) -> impl Fn(rusqlite::Error) -> AdapterError + use<> {
-    let e = store.sql_err();
-    move |x| AdapterError::Store(e(x))
-}
-
 /// Make adapter `id` the active one. The current active adapter becomes
 /// `previous`; rejected and retired adapters are refused; the weights file
 /// must still match the recorded sha256. Retention runs in the same
@@ -90,104 +86,31 @@ pub fn promote(
             why: format!("{} changed on disk (sha256 {sha}, recorded {})", dir.display(), row.sha256),
         });
     }
-    let err = sql(store);
-    let (switch, dirs) = store.write(|tx| {
-        let row = q::get_tx(tx, id).map_err(&err)?.ok_or(AdapterError::NotFound(id))?;
-        match row.state.as_str() {
-            "rejected" => {
-                return Err(AdapterError::State {
-                    id,
-                    state: row.state,
-                    why: "a rejected adapter never becomes active".into(),
-                })
-            }
-            "retired" => {
-                return Err(AdapterError::State {
-                    id,
-                    state: row.state,
-                    why: "its files were deleted".into(),
-                })
-            }
-            "active" => return Ok((Switch { active: Some(row), ..Default::default() }, vec![])),
-            _ => {}
-        }
-        let replaced = q::active_tx(tx).map_err(&err)?;
-        q::promote_tx(tx, id, reasons).map_err(&err)?;
-        let (retired, dirs) = retire_tx(tx, data, keep).map_err(|e| match e {
-            RetireErr::Sql(x) => err(x),
-            RetireErr::Adapter(a) => a,
-        })?;
-        let active = q::get_tx(tx, id).map_err(&err)?;
-        let replaced = match replaced {
-            Some(r) => q::get_tx(tx, r.id).map_err(&err)?,
-            None => None,
-        };
-        Ok::<_, AdapterError>((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
-    })?;
-    Ok(remove_dirs(switch, dirs))
+    let t = store.promote_adapter(id, reasons, keep, |v| row_dir(data, v).map(drop))?;
+    Ok(remove_dirs(data, t))
 }
 
 /// Undo the last promotion: the active adapter becomes `rejected` (reason:
 /// rolled back) and the newest `previous` becomes active again — or, when
 /// there is none, the bare base model answers.
 pub fn rollback(store: &mut Store, data: &DataDir, keep: usize) -> Result<Switch, AdapterError> {
-    let err = sql(store);
-    let (switch, dirs) = store.write(|tx| {
-        let cur = q::active_tx(tx).map_err(&err)?.ok_or(AdapterError::NothingActive)?;
-        let prev = q::newest_previous_tx(tx).map_err(&err)?;
-        let why = json!({"rolled_back": true, "message": "rolled back: the previous adapter was restored"});
-        q::set_state_tx(tx, cur.id, "rejected", Some(&why)).map_err(&err)?;
-        if let Some(p) = &prev {
-            q::promote_tx(tx, p.id, None).map_err(&err)?;
-        }
-        let (retired, dirs) = retire_tx(tx, data, keep).map_err(|e| match e {
-            RetireErr::Sql(x) => err(x),
-            RetireErr::Adapter(a) => a,
-        })?;
-        let active = match prev {
-            Some(p) => q::get_tx(tx, p.id).map_err(&err)?,
-            None => None,
-        };
-        let replaced = q::get_tx(tx, cur.id).map_err(&err)?;
-        Ok::<_, AdapterError>((Switch { active, replaced, retired, leftover_dirs: vec![] }, dirs))
-    })?;
-    Ok(remove_dirs(switch, dirs))
+    let why = json!({"rolled_back": true, "message": "rolled back: the previous adapter was restored"});
+    let t = store.rollback_adapter(&why, keep, |v| row_dir(data, v).map(drop))?;
+    Ok(remove_dirs(data, t))
 }
 
 /// Retire what lies beyond `keep` (its own transaction), then delete those directories.
 pub fn apply_retention(store: &mut Store, data: &DataDir, keep: usize) -> Result<Switch, AdapterError> {
-    let err = sql(store);
-    let (retired, dirs) = store.write(|tx| {
-        retire_tx(tx, data, keep).map_err(|e| match e {
-            RetireErr::Sql(x) => err(x),
-            RetireErr::Adapter(a) => a,
-        })
-    })?;
+    let retired = store.retire_adapters(keep, |v| row_dir(data, v).map(drop))?;
     let active = store.active_adapter()?;
-    Ok(remove_dirs(Switch { active, retired, ..Default::default() }, dirs))
+    Ok(remove_dirs(data, Transition { active, retired, ..Default::default() }))
 }
 
-enum RetireErr {
-    Sql(rusqlite::Error),
-    Adapter(AdapterError),
-}
-
-fn retire_tx(
-    tx: &rusqlite::Transaction<'_>,
-    data: &DataDir,
-    keep: usize,
-) -> Result<(Vec<AdapterRow>, Vec<PathBuf>), RetireErr> {
-    let victims = q::retention_victims_tx(tx, keep).map_err(RetireErr::Sql)?;
-    let mut dirs = Vec::new();
-    for v in &victims {
-        q::set_state_tx(tx, v.id, "retired", None).map_err(RetireErr::Sql)?;
-        dirs.push(row_dir(data, v).map_err(RetireErr::Adapter)?);
-    }
-    Ok((victims, dirs))
-}
-
-fn remove_dirs(mut s: Switch, dirs: Vec<PathBuf>) -> Switch {
-    for d in dirs {
+/// Delete the directories of the rows a committed switch retired.
+fn remove_dirs(data: &DataDir, t: Transition) -> Switch {
+    let mut s = Switch { active: t.active, replaced: t.replaced, retired: t.retired, leftover_dirs: vec![] };
+    // Vetted inside the transaction, so every retired row has a directory under adapters/.
+    for d in s.retired.iter().filter_map(|r| row_dir(data, r).ok()) {
         match std::fs::remove_dir_all(&d) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -4,15 +4,15 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::Ctx;
 use crate::cli::BenchInferArgs;
 use crate::model::generate::{Session, Step};
 use crate::model::sampling::argmax;
 use crate::model::tokenizer::Tok;
-use crate::model::{Base, LoadOptions};
+use crate::train::device::Placement;
 
 /// Timed passes after the warm-up.
 const REPS: usize = 3;
@@ -40,20 +40,14 @@ struct InferBench {
     peak_rss_mib: Option<f64>,
 }
 
-pub fn run(args: &BenchInferArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &BenchInferArgs) -> Result<()> {
     if args.prompt_tokens == 0 || args.decode_tokens == 0 {
         bail!("--prompt-tokens and --decode-tokens must be at least 1");
     }
-    let (device, dtype) = match args.device.as_str() {
-        "cpu" => (Device::Cpu, DType::F32),
-        "cuda" => (Device::new_cuda(0).context("opening CUDA device 0")?, DType::BF16),
-        other => bail!("unknown device {other:?} (cpu or cuda)"),
-    };
+    let placement = Placement::resolve(&args.device, None, &ctx.config.model.quant)?;
     let t = Instant::now();
-    let base = Base::load(&args.model, &LoadOptions { device, dtype, ..LoadOptions::default() })
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let (base, tok) = ctx.load_base_on(&args.model, &placement)?;
     let load_secs = t.elapsed().as_secs_f64();
-    let tok = Tok::for_model(&args.model)?;
     let prompt = prompt_ids(&tok, args.prompt_tokens)?;
 
     let mut session = Session::new(&base, None);
@@ -128,8 +122,5 @@ fn prompt_ids(tok: &Tok, n: usize) -> Result<Vec<u32>> {
 
 /// The process's peak resident set (VmHWM), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    crate::sys::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }

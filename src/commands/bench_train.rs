@@ -10,10 +10,10 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::cli::BenchTrainArgs;
-use crate::model::{Adapter, Base, LoadOptions, LoraConfig, ModelConfig, QuantKind, Target};
+use crate::model::{Adapter, Base, LoraConfig, ModelConfig, Target};
 use crate::train::checkpoint::Shape;
 use crate::train::dataset::{self, Sample, SplitMix64};
-use crate::train::device;
+use crate::train::device::{self, Placement};
 use crate::train::optim::AdamWParams;
 use crate::train::plan;
 use crate::train::round;
@@ -24,19 +24,11 @@ use crate::train::trainer::Trainer;
 pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let cfg = &ctx.config;
     device::tame_cpu_threads();
-    let (dev, mut dtype) = device::select(&a.device)?;
-    if let Some(d) = &a.dtype {
-        dtype = match d.as_str() {
-            "f32" => DType::F32,
-            "bf16" if dev.is_cuda() => DType::BF16,
-            "f16" if dev.is_cuda() => DType::F16,
-            other => bail!("--dtype {other}: f32 anywhere, bf16 or f16 on a CUDA device"),
-        };
-    }
+    let placement = Placement::resolve(&a.device, a.dtype.as_deref(), &cfg.model.quant)?;
+    let (dev, dtype, quant) = (placement.device.clone(), placement.dtype, placement.quant);
     // Polls this process's device memory (context included) through load, warm-up and steps.
     let sampler = start_device_sampler(&dev);
-    let quant: QuantKind = cfg.model.quant.parse()?;
-    let opts = LoadOptions { device: dev.clone(), dtype, quant };
+    let opts = placement.load_options();
     let t_load = Instant::now();
     let (base, label) = match (&a.model, &a.shape) {
         (Some(p), None) => (
@@ -95,7 +87,7 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let mut skipped = 0usize;
     let mut device_peak = warm.peak_mem_bytes;
     let t0 = Instant::now();
-    let cpu0 = device::cpu_seconds();
+    let cpu0 = cpu_seconds();
     for _ in 0..steps {
         last = tr.step(&mut stream)?;
         secs.push(last.secs);
@@ -105,9 +97,9 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
     let total = t0.elapsed().as_secs_f64();
     let sampled_peak_mib = finish_device_sampler(sampler);
     let pool = pool_figures(&dev);
-    let cpu = device::cpu_seconds() - cpu0;
+    let cpu = cpu_seconds() - cpu0;
     let tokens_per_s = (steps * seq) as f64 / total;
-    let peak_rss = plan::peak_rss_bytes();
+    let peak_rss = crate::sys::peak_rss_bytes();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let measured = if dev.is_cpu() { peak_rss } else { device_peak };
     let v = json!({
@@ -204,4 +196,9 @@ fn start_device_sampler(_dev: &candle_core::Device) -> Option<()> {
 #[cfg(not(feature = "cuda"))]
 fn finish_device_sampler(_s: Option<()>) -> Option<f64> {
     None
+}
+
+/// User + system CPU seconds this process has used.
+fn cpu_seconds() -> f64 {
+    crate::sys::resource_usage(crate::sys::Usage::Process).cpu_seconds
 }

@@ -13,8 +13,7 @@ use crate::cli::EvalArgs;
 use crate::eval::inputs::EvalInputs;
 use crate::eval::suite::{run_suite, SuiteOptions};
 use crate::eval::Report;
-use crate::model::tokenizer::Tok;
-use crate::model::{Base, LoadOptions};
+use crate::train::device::Placement;
 
 pub fn run(ctx: &Ctx, args: EvalArgs) -> Result<()> {
     let Some(model_path) = ctx.config.model_path() else {
@@ -32,9 +31,7 @@ pub fn run(ctx: &Ctx, args: EvalArgs) -> Result<()> {
             bail!("adapter {} is retired: its files were deleted", r.id);
         }
     }
-    let opts = load_options(ctx)?;
-    let base = Base::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
-    let tok = Tok::for_model(&model_path)?;
+    let (base, tok) = ctx.load_base(&model_path)?;
     let adapter = match &row {
         Some(r) => Some(load_adapter(&ctx.data.root().join(&r.path), &base)?),
         None => None,
@@ -46,7 +43,14 @@ pub fn run(ctx: &Ctx, args: EvalArgs) -> Result<()> {
     let report = run_suite(&base, &tok, adapter.as_ref(), &inputs.borrow(), &SuiteOptions::default())?;
     let metrics = serde_json::to_value(&report.metrics)?;
     let adapter_id = row.as_ref().map(|r| r.id);
-    store.insert_eval(adapter_id, base_sha256(&base).as_deref(), &report.eval_set_sha256, &metrics)?;
+    let placement = Placement::of(&base).key();
+    store.insert_eval(
+        adapter_id,
+        base_sha256(&base).as_deref(),
+        &placement,
+        &report.eval_set_sha256,
+        &metrics,
+    )?;
     if args.out.json {
         println!("{}", json!({"adapter_id": adapter_id, "eval_set": set_dir, "report": report}));
     } else {
@@ -57,12 +61,6 @@ pub fn run(ctx: &Ctx, args: EvalArgs) -> Result<()> {
         print_report(&who, &set_dir, &report);
     }
     Ok(())
-}
-
-/// Load options from `[model]`: CPU with f32 activations unless CUDA is asked for and built in.
-pub fn load_options(ctx: &Ctx) -> Result<LoadOptions> {
-    let quant = ctx.config.model.quant.parse()?;
-    Ok(LoadOptions { quant, ..LoadOptions::default() })
 }
 
 pub fn print_report(who: &str, set_dir: &Path, r: &Report) {

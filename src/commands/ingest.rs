@@ -341,28 +341,11 @@ pub fn bench(ctx: &Ctx, args: &BenchIngestArgs) -> Result<()> {
     Ok(())
 }
 
-fn vm_hwm_kib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 /// CPU seconds used so far by this process and its waited-for children
 /// (user + system): the figure that does not depend on other load.
 fn cpu_secs() -> f64 {
-    let get = |who| {
-        // SAFETY: getrusage fills the zeroed struct.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(who, &mut ru) };
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
-    };
-    get(libc::RUSAGE_SELF) + get(libc::RUSAGE_CHILDREN)
+    use crate::sys::{resource_usage, Usage};
+    resource_usage(Usage::Process).cpu_seconds + resource_usage(Usage::Children).cpu_seconds
 }
 
 /// Milliseconds one small write + fsync takes on the bench's disk.
@@ -378,9 +361,10 @@ fn fsync_ms(dir: &std::path::Path) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0 / 20.0
 }
 
+fn vm_hwm_kib() -> f64 {
+    crate::sys::peak_rss_bytes().map_or(0.0, |b| b as f64 / 1024.0)
+}
+
 fn children_maxrss_kib() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    ru.ru_maxrss as f64
+    crate::sys::resource_usage(crate::sys::Usage::Children).max_rss_kib as f64
 }

@@ -24,6 +24,7 @@ use crate::cli::{BenchCommand, Cli, Command};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::store::Store;
+use crate::train::device::Placement;
 
 /// A capability that belongs to a later part of the product. Exits with 2.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +44,27 @@ impl Ctx {
         Ok(Self { config, data })
     }
 
-    /// Load the frozen base model and its tokenizer on the configured device
-    /// (`[model] device`, `[model] quant`), once per process.
+    /// Where models run: `[model] device` and `[model] quant` (see [`Placement`]).
+    pub fn placement(&self) -> Result<Placement> {
+        Ok(Placement::from_config(&self.config.model)?)
+    }
+
+    /// Load the frozen base model and its tokenizer on the configured
+    /// placement, once per process.
     pub fn load_base(&self, path: &Path) -> Result<(crate::model::Base, crate::model::tokenizer::Tok)> {
+        self.load_base_on(path, &self.placement()?)
+    }
+
+    /// [`Ctx::load_base`] on a placement the caller resolved (the benchmarks'
+    /// `--device`/`--dtype`, through [`Placement::resolve`]).
+    pub fn load_base_on(
+        &self,
+        path: &Path,
+        placement: &Placement,
+    ) -> Result<(crate::model::Base, crate::model::tokenizer::Tok)> {
         use anyhow::Context as _;
         crate::train::device::tame_cpu_threads();
-        let (device, dtype) = crate::train::device::select(&self.config.model.device)?;
-        let quant: crate::model::QuantKind = self.config.model.quant.parse()?;
-        let base = crate::model::Base::load(path, &crate::model::LoadOptions { device, dtype, quant })
+        let base = crate::model::Base::load(path, &placement.load_options())
             .with_context(|| format!("loading {}", path.display()))?;
         let tok = crate::model::tokenizer::Tok::for_model(path)
             .with_context(|| format!("tokenizer of {}", path.display()))?;
@@ -83,7 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Adapters(c) => adapters::run(&ctx, c),
         Command::Model(c) => model::run(&ctx, c),
         Command::Text(c) => text::run(c),
-        Command::Bench(BenchCommand::Infer(a)) => bench_infer::run(&a),
+        Command::Bench(BenchCommand::Infer(a)) => bench_infer::run(&ctx, &a),
         Command::Bench(BenchCommand::Ingest(a)) => ingest::bench(&ctx, &a),
         Command::Bench(BenchCommand::Train(a)) => bench_train::run(&ctx, a),
         Command::Demo(a) => demo::run(&ctx, &a, explicit_data_dir),

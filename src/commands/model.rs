@@ -11,8 +11,6 @@ use crate::cli::{GenerateArgs, JsonFlag, ModelCommand};
 use crate::model::fetch::{self, Installed};
 use crate::model::generate::{generate, Sampling};
 use crate::model::info::{inspect, ModelInfo};
-use crate::model::tokenizer::Tok;
-use crate::model::{Base, LoadOptions};
 use crate::store::Level;
 
 pub fn run(ctx: &Ctx, cmd: ModelCommand) -> Result<()> {
@@ -21,11 +19,13 @@ pub fn run(ctx: &Ctx, cmd: ModelCommand) -> Result<()> {
         ModelCommand::Import { path, out } => import_cmd(ctx, &path, out),
         ModelCommand::Info { path, out } => info_cmd(&path, out),
         ModelCommand::List(out) => list_cmd(ctx, out),
-        ModelCommand::Generate(args) => generate_cmd(&args),
+        ModelCommand::Generate(args) => generate_cmd(ctx, &args),
     }
 }
 
 fn fetch_cmd(ctx: &Ctx, name: &str, out: JsonFlag) -> Result<()> {
+    // Taken before the download, so a running service refuses at once.
+    let _lock = ctx.data.lock()?;
     let mut store = ctx.open_store()?;
     if !out.json {
         eprintln!("fetching {name} into {}", ctx.data.models().display());
@@ -36,6 +36,7 @@ fn fetch_cmd(ctx: &Ctx, name: &str, out: JsonFlag) -> Result<()> {
 }
 
 fn import_cmd(ctx: &Ctx, path: &Path, out: JsonFlag) -> Result<()> {
+    let _lock = ctx.data.lock()?;
     let mut store = ctx.open_store()?;
     let inst = fetch::import(path, &ctx.data.models())?;
     record(&mut store, &inst, "imported")?;
@@ -138,10 +139,8 @@ fn print_info(i: &ModelInfo) {
     println!("chat template   {}", i.chat_template);
 }
 
-fn generate_cmd(args: &GenerateArgs) -> Result<()> {
-    let base = Base::load(&args.path, &LoadOptions::default())
-        .with_context(|| format!("loading {}", args.path.display()))?;
-    let tok = Tok::for_model(&args.path)?;
+fn generate_cmd(ctx: &Ctx, args: &GenerateArgs) -> Result<()> {
+    let (base, tok) = ctx.load_base(&args.path)?;
     let adapter = args.adapter.as_deref().map(|d| crate::adapters::load_adapter(d, &base)).transpose()?;
     let prompt = if args.raw {
         tok.encode(&args.prompt, tok.add_bos())?

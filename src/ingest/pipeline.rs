@@ -4,8 +4,6 @@
 //! open; both end in [`Pipeline::advance`], which does whatever step the
 //! row says is next.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -195,7 +193,7 @@ impl Pipeline {
             self.log_reject(c, &r)?;
             return self.advance_with(id, Some(&r)).map(Some);
         }
-        let mut file = match open_nofollow(&c.abs) {
+        let mut file = match crate::sys::open_no_follow(&c.abs) {
             Ok(f) => f,
             Err(e) if c.origin == Origin::Drop => {
                 tracing::debug!(path = %c.abs.display(), error = %e, "not openable yet");
@@ -339,17 +337,7 @@ impl Pipeline {
             self.store.file_close(row.id, moved.as_deref())?;
         }
         if chunks == 0 && row.state == "ingested" {
-            chunks = row
-                .document_id
-                .map(|d| {
-                    self.store
-                        .conn()
-                        .query_row("SELECT count(*) FROM chunks WHERE document_id = ?1", [d], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .unwrap_or(0) as usize
-                })
-                .unwrap_or(0);
+            chunks = row.document_id.map(|d| self.store.chunk_count(d).unwrap_or(0)).unwrap_or(0);
         }
         let state = match row.state.as_str() {
             "ingested" => State::Ingested,
@@ -408,7 +396,7 @@ impl Pipeline {
     /// original again if it still holds the same bytes.
     fn respool(&mut self, row: &FileRow, sha: &str, ext: &str) -> Result<(), IngestError> {
         let abs = self.original_path(row);
-        if let Ok(mut f) = open_nofollow(&abs) {
+        if let Ok(mut f) = crate::sys::open_no_follow(&abs) {
             if let Ok(staged) = spool::stage(&self.data.spool(), &mut f, self.cfg.max_file_mib * MIB) {
                 if staged.sha256 == sha {
                     staged.commit(self.data.root(), ext)?;
@@ -535,7 +523,7 @@ impl Pipeline {
                 };
                 write_new(&err_file, text.as_bytes()).map_err(|e| IngestError::io(&err_file, e))?;
             }
-            match rename_noreplace(&src, &dest) {
+            match crate::sys::rename_noreplace(&src, &dest) {
                 Ok(()) => {
                     sync_dir(&dest_dir).map_err(|e| IngestError::io(&dest_dir, e))?;
                     if let Some(p) = src.parent() {
@@ -602,11 +590,6 @@ pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
 }
 
-fn open_nofollow(p: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
-}
-
 /// Is the file at `src` still the one the row describes?
 fn is_same_file(src: &Path, row: &FileRow) -> bool {
     let Ok(m) = std::fs::symlink_metadata(src) else { return false };
@@ -660,32 +643,6 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// rename(2) that fails with AlreadyExists instead of replacing: renameat2
-/// RENAME_NOREPLACE, or link+unlink where the filesystem lacks it.
-fn rename_noreplace(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let s = CString::new(src.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let d = CString::new(dest.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, s.as_ptr(), libc::AT_FDCWD, d.as_ptr(), libc::RENAME_NOREPLACE)
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-            match std::fs::hard_link(src, dest) {
-                Ok(()) => std::fs::remove_file(src),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-                Err(_) if std::fs::symlink_metadata(dest).is_err() => std::fs::rename(src, dest),
-                Err(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
-            }
-        }
-        _ => Err(err),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,7 +671,10 @@ mod tests {
         let (a, b) = (d.path().join("a"), d.path().join("b"));
         std::fs::write(&a, "1").unwrap();
         std::fs::write(&b, "2").unwrap();
-        assert_eq!(rename_noreplace(&a, &b).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            crate::sys::rename_noreplace(&a, &b).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
         assert_eq!(std::fs::read(&b).unwrap(), b"2");
         write_new(&d.path().join("c"), b"3").unwrap();
         assert!(write_new(&d.path().join("c"), b"4").is_err());

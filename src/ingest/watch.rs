@@ -73,16 +73,7 @@ pub fn needs_polling(path: &Path) -> bool {
     const SMB2: i64 = 0xFE53_4D42;
     const FUSE: i64 = 0x6573_5546;
     const V9FS: i64 = 0x0102_1997;
-    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct for a valid path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let t = st.f_type as i64 & 0xFFFF_FFFF;
+    let Some(t) = crate::sys::filesystem_magic(path).map(i64::from) else { return false };
     [NFS, SMB, CIFS, SMB2, FUSE, V9FS].contains(&t)
 }
 

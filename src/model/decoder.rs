@@ -101,6 +101,8 @@ pub struct Base {
     pub(crate) sin: Tensor,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    /// The format weights were quantized to at load (GGUF blocks keep their own).
+    pub(crate) quant: QuantKind,
     pub(crate) files: Vec<(PathBuf, String)>,
 }
 
@@ -140,6 +142,7 @@ impl Base {
             sin,
             dtype: opts.dtype,
             device: opts.device.clone(),
+            quant: opts.quant,
             files,
         })
     }
@@ -150,6 +153,10 @@ impl Base {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn quant(&self) -> QuantKind {
+        self.quant
     }
 
     /// Every file the model was read from, with its sha256.

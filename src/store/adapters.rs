@@ -8,13 +8,16 @@
 //! yet promoted), `retired` (beyond retention; its files are gone).
 //!
 //! State switches that must not be seen half-done (promote, rollback,
-//! retention) are single functions taking a transaction, so the caller runs
-//! them inside one `BEGIN IMMEDIATE` ([`Store::write`]).
+//! retention) are single `Store` methods, each one `BEGIN IMMEDIATE`
+//! transaction that reads the rows it decides on, so two writers can never
+//! interleave a promotion. What they do not know is the file system: the
+//! caller vets each row about to be retired (its directory) inside the
+//! transaction, and removes directories only after the commit.
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 
 pub const STATES: [&str; 6] = ["candidate", "active", "previous", "rejected", "imported", "retired"];
 
@@ -90,7 +93,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<AdapterRow> {
 }
 
 /// Insert a row inside a transaction; returns its id.
-pub fn insert_tx(tx: &Transaction<'_>, a: &NewAdapter) -> rusqlite::Result<i64> {
+fn insert_tx(tx: &Transaction<'_>, a: &NewAdapter) -> rusqlite::Result<i64> {
     tx.execute(
         "INSERT INTO adapters (run_id, parent_id, state, path, sha256, bytes, base_sha256, rank, alpha, targets, \
          data_snapshot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -112,17 +115,17 @@ pub fn insert_tx(tx: &Transaction<'_>, a: &NewAdapter) -> rusqlite::Result<i64> 
 }
 
 /// One row inside a transaction.
-pub fn get_tx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<AdapterRow>> {
+fn get_tx(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<AdapterRow>> {
     tx.query_row(&format!("SELECT {COLUMNS} FROM adapters WHERE id = ?1"), [id], from_row).optional()
 }
 
 /// The active row inside a transaction.
-pub fn active_tx(tx: &Transaction<'_>) -> rusqlite::Result<Option<AdapterRow>> {
+fn active_tx(tx: &Transaction<'_>) -> rusqlite::Result<Option<AdapterRow>> {
     tx.query_row(&format!("SELECT {COLUMNS} FROM adapters WHERE state = 'active'"), [], from_row).optional()
 }
 
 /// The newest `previous` row (by promotion time, then id) inside a transaction.
-pub fn newest_previous_tx(tx: &Transaction<'_>) -> rusqlite::Result<Option<AdapterRow>> {
+fn newest_previous_tx(tx: &Transaction<'_>) -> rusqlite::Result<Option<AdapterRow>> {
     tx.query_row(
         &format!(
             "SELECT {COLUMNS} FROM adapters WHERE state = 'previous' \
@@ -135,7 +138,7 @@ pub fn newest_previous_tx(tx: &Transaction<'_>) -> rusqlite::Result<Option<Adapt
 }
 
 /// Set a row's state (and, when given, its reasons) inside a transaction.
-pub fn set_state_tx(
+fn set_state_tx(
     tx: &Transaction<'_>,
     id: i64,
     state: &str,
@@ -154,11 +157,7 @@ pub fn set_state_tx(
 /// Make `id` active: the current active row becomes `previous`, `id` becomes
 /// `active` with `promoted_at` now. Run inside one transaction: readers see
 /// either the old or the new active adapter, never none or two.
-pub fn promote_tx(
-    tx: &Transaction<'_>,
-    id: i64,
-    reasons: Option<&serde_json::Value>,
-) -> rusqlite::Result<()> {
+fn promote_tx(tx: &Transaction<'_>, id: i64, reasons: Option<&serde_json::Value>) -> rusqlite::Result<()> {
     tx.execute("UPDATE adapters SET state = 'previous' WHERE state = 'active' AND id != ?1", [id])?;
     tx.execute(
         "UPDATE adapters SET state = 'active', promoted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
@@ -169,15 +168,30 @@ pub fn promote_tx(
 }
 
 /// Store the gate's figures on a row.
-pub fn set_metrics_tx(tx: &Transaction<'_>, id: i64, metrics: &serde_json::Value) -> rusqlite::Result<()> {
+fn set_metrics_tx(tx: &Transaction<'_>, id: i64, metrics: &serde_json::Value) -> rusqlite::Result<()> {
     tx.execute("UPDATE adapters SET metrics = ?2 WHERE id = ?1", params![id, metrics.to_string()])?;
     Ok(())
+}
+
+/// Retire the retention victims inside a transaction, each vetted first.
+fn retire_tx<E: SwitchError>(
+    tx: &Transaction<'_>,
+    keep: usize,
+    vet: &impl Fn(&AdapterRow) -> Result<(), E>,
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Vec<AdapterRow>, E> {
+    let victims = retention_victims_tx(tx, keep).map_err(err)?;
+    for v in &victims {
+        set_state_tx(tx, v.id, "retired", None).map_err(err)?;
+        vet(v)?;
+    }
+    Ok(victims)
 }
 
 /// Rows that retention retires so that at most `keep` adapters keep their
 /// files: the active row and the newest `previous` row always stay; the
 /// rest, newest first, fill the remaining places.
-pub fn retention_victims_tx(tx: &Transaction<'_>, keep: usize) -> rusqlite::Result<Vec<AdapterRow>> {
+fn retention_victims_tx(tx: &Transaction<'_>, keep: usize) -> rusqlite::Result<Vec<AdapterRow>> {
     let mut stmt = tx.prepare(&format!(
         "SELECT {COLUMNS} FROM adapters WHERE state != 'retired' ORDER BY created_at DESC, id DESC"
     ))?;
@@ -202,7 +216,114 @@ pub fn retention_victims_tx(tx: &Transaction<'_>, keep: usize) -> rusqlite::Resu
     Ok(victims)
 }
 
+/// Why a state switch was refused; the registry turns it into its own error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    NotFound(i64),
+    /// The row's state forbids the switch (`why` says which rule).
+    State {
+        id: i64,
+        state: String,
+        why: String,
+    },
+    /// Rollback with no active adapter.
+    NothingActive,
+}
+
+/// The rows a committed switch touched, as they are after it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transition {
+    /// The adapter now answering (None: the bare base model).
+    pub active: Option<AdapterRow>,
+    /// The adapter that was active before, now `previous` (promote) or `rejected` (rollback).
+    pub replaced: Option<AdapterRow>,
+    /// Rows retention retired (read before the switch; their state is now `retired`).
+    pub retired: Vec<AdapterRow>,
+}
+
+/// Errors a switch can end in: the caller's own type, built from the store's
+/// error, a refusal, or what the caller's vetting of a retired row returned.
+pub trait SwitchError: From<StoreError> + From<Refusal> {}
+impl<E: From<StoreError> + From<Refusal>> SwitchError for E {}
+
 impl Store {
+    /// Make adapter `id` the active one: the current active adapter becomes
+    /// `previous`; rejected and retired adapters are refused; an already
+    /// active one is left as it is. Retention (at most `keep` rows keep their
+    /// files) runs in the same transaction; `vet` sees each row it would
+    /// retire and aborts the whole switch by returning an error.
+    pub fn promote_adapter<E: SwitchError>(
+        &mut self,
+        id: i64,
+        reasons: Option<&serde_json::Value>,
+        keep: usize,
+        vet: impl Fn(&AdapterRow) -> Result<(), E>,
+    ) -> Result<Transition, E> {
+        let err = self.sql_err();
+        self.write(|tx| {
+            let row = get_tx(tx, id).map_err(&err)?.ok_or(Refusal::NotFound(id))?;
+            let refuse = |why: &str| Refusal::State { id, state: row.state.clone(), why: why.into() };
+            match row.state.as_str() {
+                "rejected" => return Err(refuse("a rejected adapter never becomes active").into()),
+                "retired" => return Err(refuse("its files were deleted").into()),
+                "active" => return Ok(Transition { active: Some(row), ..Default::default() }),
+                _ => {}
+            }
+            let replaced = active_tx(tx).map_err(&err)?;
+            promote_tx(tx, id, reasons).map_err(&err)?;
+            let retired = retire_tx(tx, keep, &vet, &err)?;
+            let active = get_tx(tx, id).map_err(&err)?;
+            let replaced = match replaced {
+                Some(r) => get_tx(tx, r.id).map_err(&err)?,
+                None => None,
+            };
+            Ok(Transition { active, replaced, retired })
+        })
+    }
+
+    /// Undo the last promotion: the active adapter becomes `rejected` with
+    /// `reasons`, and the newest `previous` becomes active again (or none:
+    /// the bare base model). Retention and `vet` as in [`Store::promote_adapter`].
+    pub fn rollback_adapter<E: SwitchError>(
+        &mut self,
+        reasons: &serde_json::Value,
+        keep: usize,
+        vet: impl Fn(&AdapterRow) -> Result<(), E>,
+    ) -> Result<Transition, E> {
+        let err = self.sql_err();
+        self.write(|tx| {
+            let cur = active_tx(tx).map_err(&err)?.ok_or(Refusal::NothingActive)?;
+            let prev = newest_previous_tx(tx).map_err(&err)?;
+            set_state_tx(tx, cur.id, "rejected", Some(reasons)).map_err(&err)?;
+            if let Some(p) = &prev {
+                promote_tx(tx, p.id, None).map_err(&err)?;
+            }
+            let retired = retire_tx(tx, keep, &vet, &err)?;
+            let active = match prev {
+                Some(p) => get_tx(tx, p.id).map_err(&err)?,
+                None => None,
+            };
+            let replaced = get_tx(tx, cur.id).map_err(&err)?;
+            Ok(Transition { active, replaced, retired })
+        })
+    }
+
+    /// Retire what lies beyond `keep` (its own transaction); returns the retired rows.
+    pub fn retire_adapters<E: SwitchError>(
+        &mut self,
+        keep: usize,
+        vet: impl Fn(&AdapterRow) -> Result<(), E>,
+    ) -> Result<Vec<AdapterRow>, E> {
+        let err = self.sql_err();
+        self.write(|tx| retire_tx(tx, keep, &vet, &err))
+    }
+
+    /// Store the gate's figures on a row (its own transaction).
+    pub fn set_adapter_metrics(&mut self, id: i64, metrics: &serde_json::Value) -> Result<()> {
+        let err = self.sql_err();
+        self.write(|tx| set_metrics_tx(tx, id, metrics).map_err(&err))
+    }
+
     /// Every adapter, newest first.
     pub fn adapters(&self) -> Result<Vec<AdapterRow>> {
         let mut stmt = self

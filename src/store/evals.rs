@@ -1,17 +1,29 @@
 //! Typed queries over the `evals` table: one row per evaluation of one
 //! adapter (`adapter_id` NULL = the bare base model), tied to the eval set's
-//! hash and the base model's hash, with the metric set as JSON.
+//! hash, the base model's hash and where it ran (device, dtype, quant), with
+//! the metric set as JSON.
 
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Store};
 
+/// Where an evaluation ran, by name: device ("cpu", "cuda"), compute dtype
+/// ("f32", "bf16", "f16") and the load-time quantization ("nf4", "q4k").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalPlacement {
+    pub device: String,
+    pub dtype: String,
+    pub quant: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
     pub id: i64,
     pub adapter_id: Option<i64>,
     pub base_sha256: Option<String>,
+    /// None for evaluations recorded before placements were.
+    pub placement: Option<EvalPlacement>,
     pub eval_set_hash: String,
     pub metrics: serde_json::Value,
     pub created_at: String,
@@ -26,10 +38,14 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<EvalRow> {
         eval_set_hash: row.get(3)?,
         metrics: serde_json::from_str(&m).unwrap_or(serde_json::Value::Null),
         created_at: row.get(5)?,
+        placement: match (row.get(6)?, row.get(7)?, row.get(8)?) {
+            (Some(device), Some(dtype), Some(quant)) => Some(EvalPlacement { device, dtype, quant }),
+            _ => None,
+        },
     })
 }
 
-const COLUMNS: &str = "id, adapter_id, base_sha256, eval_set_hash, metrics, created_at";
+const COLUMNS: &str = "id, adapter_id, base_sha256, eval_set_hash, metrics, created_at, device, dtype, quant";
 
 impl Store {
     /// Record one evaluation; returns the row id.
@@ -37,34 +53,54 @@ impl Store {
         &mut self,
         adapter_id: Option<i64>,
         base_sha256: Option<&str>,
+        placement: &EvalPlacement,
         eval_set_hash: &str,
         metrics: &serde_json::Value,
     ) -> Result<i64> {
         let err = self.sql_err();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO evals (adapter_id, base_sha256, eval_set_hash, metrics) VALUES (?1, ?2, ?3, ?4)",
-                params![adapter_id, base_sha256, eval_set_hash, metrics.to_string()],
+                "INSERT INTO evals (adapter_id, base_sha256, eval_set_hash, metrics, device, dtype, quant) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    adapter_id,
+                    base_sha256,
+                    eval_set_hash,
+                    metrics.to_string(),
+                    placement.device,
+                    placement.dtype,
+                    placement.quant
+                ],
             )
             .map_err(&err)?;
             Ok(tx.last_insert_rowid())
         })
     }
 
-    /// The newest evaluation of `adapter_id` (None = base) on this eval set and base.
+    /// The newest evaluation of `adapter_id` (None = base) on this eval set
+    /// and base, run on this placement.
     pub fn latest_eval(
         &self,
         adapter_id: Option<i64>,
         base_sha256: Option<&str>,
+        placement: &EvalPlacement,
         eval_set_hash: &str,
     ) -> Result<Option<EvalRow>> {
         self.conn()
             .query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM evals WHERE adapter_id IS ?1 AND base_sha256 IS ?2 \
-                     AND eval_set_hash = ?3 ORDER BY id DESC LIMIT 1"
+                     AND eval_set_hash = ?3 AND device = ?4 AND dtype = ?5 AND quant = ?6 \
+                     ORDER BY id DESC LIMIT 1"
                 ),
-                params![adapter_id, base_sha256, eval_set_hash],
+                params![
+                    adapter_id,
+                    base_sha256,
+                    eval_set_hash,
+                    placement.device,
+                    placement.dtype,
+                    placement.quant
+                ],
                 from_row,
             )
             .optional()
@@ -130,18 +166,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn evals_round_trip_and_latest_matches_null_adapter() {
+    fn evals_round_trip_and_latest_matches_null_adapter_and_placement() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("w.db")).unwrap();
+        let cpu = EvalPlacement { device: "cpu".into(), dtype: "f32".into(), quant: "nf4".into() };
+        let gpu = EvalPlacement { device: "cuda".into(), dtype: "bf16".into(), quant: "nf4".into() };
         let m = serde_json::json!({"score": 0.5});
-        s.insert_eval(None, Some("b"), "h", &m).unwrap();
-        let id2 = s.insert_eval(None, Some("b"), "h", &serde_json::json!({"score": 0.6})).unwrap();
-        let got = s.latest_eval(None, Some("b"), "h").unwrap().unwrap();
+        s.insert_eval(None, Some("b"), &cpu, "h", &m).unwrap();
+        let id2 = s.insert_eval(None, Some("b"), &cpu, "h", &serde_json::json!({"score": 0.6})).unwrap();
+        let got = s.latest_eval(None, Some("b"), &cpu, "h").unwrap().unwrap();
         assert_eq!(got.id, id2);
         assert_eq!(got.adapter_id, None);
-        assert!(s.latest_eval(None, Some("other"), "h").unwrap().is_none());
-        assert!(s.latest_eval(Some(1), Some("b"), "h").unwrap().is_none());
+        assert_eq!(got.placement.as_ref(), Some(&cpu));
+        assert!(s.latest_eval(None, Some("other"), &cpu, "h").unwrap().is_none());
+        assert!(s.latest_eval(Some(1), Some("b"), &cpu, "h").unwrap().is_none());
+        assert!(
+            s.latest_eval(None, Some("b"), &gpu, "h").unwrap().is_none(),
+            "measured on another placement"
+        );
         assert_eq!(s.evals().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn evaluations_from_before_placements_migrate_and_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
+        {
+            // A database at schema version 1 with one evaluation in it.
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch(include_str!("schema.sql")).unwrap();
+            c.execute_batch(
+                "INSERT INTO evals (adapter_id, base_sha256, eval_set_hash, metrics) VALUES (NULL, 'b', 'h', '{}');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&db).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let rows = s.evals().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].placement, None);
+        let cpu = EvalPlacement { device: "cpu".into(), dtype: "f32".into(), quant: "nf4".into() };
+        assert!(s.latest_eval(None, Some("b"), &cpu, "h").unwrap().is_none());
     }
 
     #[test]

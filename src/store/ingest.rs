@@ -3,10 +3,17 @@
 //! chunks and question–answer pairs, and chunk retrieval over FTS5.
 
 use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Result, Store};
-use crate::ingest::extract::QaPair;
+
+/// One question–answer row of a CSV/JSONL set (`qa_pairs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QaPair {
+    pub system: Option<String>,
+    pub question: String,
+    pub answer: String,
+}
 
 /// One row of `files`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -355,6 +362,16 @@ impl Store {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many chunks a document was cut into.
+    pub fn chunk_count(&self, document_id: i64) -> Result<usize> {
+        self.conn()
+            .query_row("SELECT count(*) FROM chunks WHERE document_id = ?1", [document_id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
             .map_err(|e| self.err(e))
     }
 

@@ -9,9 +9,13 @@
 //! `synchronous=FULL`: an appliance on USB-class storage must survive power
 //! cuts without losing a committed row.
 //!
-//! Typed queries live beside this file, one file per area.
+//! Typed queries live beside this file, one file per area. This module is
+//! the only place in the crate that writes SQL or names `rusqlite`: the
+//! connection and the transaction stay private here, and every other module
+//! reads and writes through typed `Store` methods.
 
 pub mod adapters;
+mod answers;
 pub mod evals;
 mod events;
 mod service;
@@ -39,13 +43,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Versioned migrations. Append only: a shipped migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+    Migrations::new(vec![M::up(include_str!("schema.sql")), M::up(include_str!("evals_placement.sql"))])
 }
 
 /// The latest schema version this binary knows.
 pub fn schema_version_latest() -> usize {
     // One migration per entry above; user_version counts them.
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,16 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The per-connection settings [`Store::open`] applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `wal` for a read-write store.
+    pub journal_mode: String,
+    /// SQLite's code: 2 is FULL.
+    pub synchronous: i64,
+    pub foreign_keys: bool,
+}
 
 /// An open database. `Store` is `Send`, not `Sync`: give each thread its own.
 pub struct Store {
@@ -147,12 +161,12 @@ impl Store {
     }
 
     /// The connection, for reads. Keep read transactions short.
-    pub fn conn(&self) -> &Connection {
+    fn conn(&self) -> &Connection {
         &self.conn
     }
 
     /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`; roll back on error.
-    pub fn write<T, E>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    fn write<T, E>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
@@ -167,14 +181,35 @@ impl Store {
     }
 
     /// Wrap a rusqlite error with this database's path.
-    pub fn err(&self, source: rusqlite::Error) -> StoreError {
+    fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite { path: self.path.clone(), source }
     }
 
     /// An owned error mapper, for use inside [`Store::write`] closures.
-    pub fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
+    fn sql_err(&self) -> impl Fn(rusqlite::Error) -> StoreError + use<> {
         let path = self.path.clone();
         move |source| StoreError::Sqlite { path: path.clone(), source }
+    }
+
+    /// The durability settings this connection runs with.
+    pub fn settings(&self) -> Result<Settings> {
+        let c = &self.conn;
+        let q = |sql: &str| {
+            c.query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0)).map_err(|e| self.err(e))
+        };
+        let text = |v| match v {
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        };
+        let int = |v| match v {
+            rusqlite::types::Value::Integer(i) => i,
+            _ => -1,
+        };
+        Ok(Settings {
+            journal_mode: text(q("PRAGMA journal_mode")?),
+            synchronous: int(q("PRAGMA synchronous")?),
+            foreign_keys: int(q("PRAGMA foreign_keys")?) == 1,
+        })
     }
 
     pub fn schema_version(&self) -> Result<usize> {
@@ -225,7 +260,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version_latest(), 1);
+        assert_eq!(schema_version_latest(), 2);
     }
 
     #[test]

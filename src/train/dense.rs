@@ -59,6 +59,7 @@ pub fn densify(base: &Base) -> Result<Base, TrainError> {
         sin: base.sin.clone(),
         dtype: dt,
         device: base.device.clone(),
+        quant: base.quant,
         files: base.files.clone(),
     })
 }

@@ -358,22 +358,6 @@ pub fn is_oom(message: &str) -> bool {
         || m.contains("memory allocation of")
 }
 
-/// The process's peak resident set (VmHWM) in bytes, Linux only.
-pub fn peak_rss_bytes() -> Option<u64> {
-    proc_status_kib("VmHWM:").map(|k| k * 1024)
-}
-
-/// The process's current resident set (VmRSS) in bytes.
-pub fn rss_bytes() -> Option<u64> {
-    proc_status_kib("VmRSS:").map(|k| k * 1024)
-}
-
-fn proc_status_kib(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,7 +433,6 @@ mod tests {
         assert!(is_oom("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"));
         assert!(is_oom("memory allocation of 123 bytes failed"));
         assert!(!is_oom("shape mismatch in matmul"));
-        assert!(peak_rss_bytes().unwrap() >= rss_bytes().unwrap() / 2);
     }
 
     /// The GPU estimate against the process peaks measured on an H200 for the Qwen2-1.5B shape

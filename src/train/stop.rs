@@ -3,36 +3,42 @@
 //! window. [`window_deadline`] is shared with the service's scheduler.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// The signals that ask a one-shot command (and the service) to stop.
+pub const STOP_SIGNALS: [i32; 2] = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT];
 
-extern "C" fn on_stop_signal(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// Install SIGTERM and SIGINT handlers that raise the returned flag (once
+/// per process; later calls return the same flag). The first signal only
+/// raises it; a second one while it is raised takes the default action, so
+/// an operator can still kill a stuck process with a second Ctrl-C.
+pub fn install_stop_signals() -> std::io::Result<&'static AtomicBool> {
+    // Registering the handlers twice would make the first signal kill.
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = STOP.get() {
+        return Ok(f);
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    raise_on(&STOP_SIGNALS, &flag)?;
+    Ok(STOP.get_or_init(|| flag))
 }
 
-/// Install SIGTERM and SIGINT handlers that raise the returned flag. Each
-/// handler fires once (SA_RESETHAND): a second signal takes the default
-/// action, so an operator can still kill a stuck process with a second Ctrl-C.
-pub fn install_stop_signals() -> std::io::Result<&'static AtomicBool> {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: a zeroed sigaction is a valid starting value; the handler
-        // only performs an atomic store.
-        let rc = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_stop_signal as *const () as usize;
-            act.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+/// Raise `flag` on each of `signals`; one arriving while the flag is already
+/// raised takes the signal's default action. A signal that should only raise
+/// a flag every time (SIGHUP: reload) needs just `signal_hook::flag::register`.
+pub fn raise_on(signals: &[i32], flag: &Arc<AtomicBool>) -> std::io::Result<()> {
+    for &sig in signals {
+        // Registered first, so it sees the flag before this signal raises it.
+        signal_hook::flag::register_conditional_default(sig, flag.clone())?;
+        signal_hook::flag::register(sig, flag.clone())?;
     }
-    Ok(&STOP)
+    Ok(())
 }
 
 /// Local wall-clock time of day.
@@ -46,19 +52,9 @@ impl LocalTime {
         Self { secs_of_day: (h * 3600 + m * 60 + s) % 86_400 }
     }
 
-    /// The current local time (the system time zone, via localtime_r).
+    /// The current local time (the system time zone).
     pub fn now() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as libc::time_t)
-            .unwrap_or(0);
-        // SAFETY: localtime_r writes into the tm we own; null means failure.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-        if !ok {
-            return Self { secs_of_day: (t.rem_euclid(86_400)) as u32 };
-        }
-        Self::hms(tm.tm_hour as u32, tm.tm_min as u32, tm.tm_sec as u32)
+        Self { secs_of_day: crate::sys::local_seconds_of_day() }
     }
 }
 
@@ -142,6 +138,19 @@ mod tests {
         assert_eq!(window_deadline(LocalTime::hms(3, 30, 0), &c), None);
         let c = cfg("02:00", "02:00");
         assert!(window_deadline(LocalTime::hms(17, 0, 0), &c).is_some());
+    }
+
+    #[test]
+    fn a_stop_signal_raises_the_one_flag() {
+        let flag = install_stop_signals().unwrap();
+        assert!(std::ptr::eq(flag, install_stop_signals().unwrap()), "installed once");
+        // One signal only: a second, with the flag raised, would end the test process.
+        signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+        let t = Instant::now();
+        while !flag.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(flag.load(Ordering::SeqCst));
     }
 
     #[test]

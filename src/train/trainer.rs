@@ -349,7 +349,7 @@ pub fn eval_loss(
 /// (the driver keeps no per-process high-water mark), context included.
 pub fn peak_memory(device: &Device) -> Option<u64> {
     match device {
-        Device::Cpu => plan::peak_rss_bytes(),
+        Device::Cpu => crate::sys::peak_rss_bytes(),
         _ => cuda_used_bytes(device),
     }
 }

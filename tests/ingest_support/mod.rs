@@ -71,6 +71,14 @@ impl Env {
         Store::open(&DataDir::new(&self.data).db()).unwrap()
     }
 
+    /// A plain connection to the same database, for the tests' own SQL
+    /// (the store keeps its connection to itself). The store opens first so
+    /// that the schema exists.
+    pub fn db(&self) -> rusqlite::Connection {
+        drop(self.store());
+        rusqlite::Connection::open(DataDir::new(&self.data).db()).unwrap()
+    }
+
     /// The real binary with this config.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(BIN);

@@ -79,23 +79,13 @@ impl Extractor {
         if let Some(f) = &self.fault {
             cmd.env("WARSHA_FAULT", f);
         }
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        let limits = crate::sys::ChildLimits { address_space_bytes: limit };
+        // SAFETY: apply_in_child makes only async-signal-safe calls between fork and exec.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::setpgid(0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &core);
-                let lim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || limits.apply_in_child());
         }
         let mut child = cmd.spawn().map_err(|e| Reject::Crashed { detail: format!("cannot start: {e}") })?;
-        let pid = child.id() as libc::pid_t;
+        let pid = child.id();
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
         let out_thread = std::thread::spawn(move || {
@@ -130,17 +120,11 @@ impl Extractor {
         });
         let timed_out = rx.recv_timeout(self.timeout).is_err();
         if timed_out {
-            // SAFETY: kill(2) on the child's own process group.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
+            crate::sys::kill_process_group(pid);
         }
         let status = waiter.join().map_err(|_| Reject::Crashed { detail: "waiter thread".into() })?;
         // Descendants that outlived the child (pdftotext) go with the group.
-        // SAFETY: as above; ESRCH when the group is already gone.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
+        crate::sys::kill_process_group(pid);
         let out = out_thread.join().unwrap_or_default();
         let err = err_thread.join().unwrap_or_default();
         if timed_out {

@@ -36,12 +36,8 @@ pub struct Extracted {
     pub qa: Vec<QaPair>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct QaPair {
-    pub system: Option<String>,
-    pub question: String,
-    pub answer: String,
-}
+/// A question–answer row as extraction finds it and `qa_pairs` keeps it.
+pub use crate::store::ingest::QaPair;
 
 /// Limits the child applies itself (the parent enforces time and memory).
 #[derive(Debug, Clone, Copy)]
