@@ -53,6 +53,42 @@ pub struct NewReview {
     pub reviewer_uid: Option<u32>,
 }
 
+impl NewReview {
+    /// A review from what an operator typed: `verb` is `approve`, `reject` or
+    /// `correct`; `text` is the correction (correct) or the reason (reject,
+    /// which may give it as `note` instead). The CLI and the socket both build
+    /// reviews here, so they refuse the same things the same way.
+    pub fn from_request(
+        answer_id: i64,
+        verb: &str,
+        text: Option<String>,
+        note: Option<String>,
+        reviewer: Option<String>,
+        reviewer_uid: Option<u32>,
+    ) -> Result<Self, ReviewError> {
+        let blank = |t: &Option<String>| t.as_deref().is_none_or(|t| t.trim().is_empty());
+        let (action, note) = match verb {
+            "approve" | "approved" => {
+                if !blank(&text) {
+                    return Err(ReviewError::UnexpectedText);
+                }
+                (ReviewAction::Approve, note)
+            }
+            "correct" | "corrected" => {
+                let text = text.filter(|t| !t.trim().is_empty()).ok_or(ReviewError::EmptyCorrection)?;
+                (ReviewAction::Correct { text }, note)
+            }
+            "reject" | "rejected" => match (text.filter(|t| !t.trim().is_empty()), note) {
+                (Some(reason), note) => (ReviewAction::Reject { reason }, note),
+                (None, Some(reason)) if !reason.trim().is_empty() => (ReviewAction::Reject { reason }, None),
+                _ => return Err(ReviewError::EmptyReason),
+            },
+            other => return Err(ReviewError::UnknownVerdict(other.to_string())),
+        };
+        Ok(NewReview { answer_id, action, note, reviewer, reviewer_uid })
+    }
+}
+
 /// A `reviews` row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReviewRow {
@@ -85,6 +121,10 @@ pub enum ReviewError {
     EmptyCorrection,
     #[error("a rejection needs a reason")]
     EmptyReason,
+    #[error("an approval takes no text (a remark goes in the note)")]
+    UnexpectedText,
+    #[error("unknown verdict {0:?}: approve, reject or correct")]
+    UnknownVerdict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -285,6 +325,27 @@ mod tests {
         let blank = ReviewAction::Reject { reason: "".into() };
         assert!(matches!(s.record_review(&review(1, blank)), Err(ReviewError::EmptyReason)));
         assert!(s.reviews_of(1).unwrap().is_empty(), "nothing recorded by a refused review");
+    }
+
+    #[test]
+    fn requests_are_checked_before_the_store_is_touched() {
+        let r = |verb: &str, text: Option<&str>, note: Option<&str>| {
+            NewReview::from_request(4, verb, text.map(Into::into), note.map(Into::into), None, None)
+        };
+        assert_eq!(r("approve", None, Some("ok")).unwrap().action, ReviewAction::Approve);
+        assert!(matches!(r("approve", Some("x"), None), Err(ReviewError::UnexpectedText)));
+        assert_eq!(
+            r("correct", Some("60 l"), None).unwrap().action,
+            ReviewAction::Correct { text: "60 l".into() }
+        );
+        assert!(matches!(r("correct", Some(" "), None), Err(ReviewError::EmptyCorrection)));
+        let by_note = r("reject", None, Some("wrong unit")).unwrap();
+        assert_eq!(
+            (by_note.action, by_note.note),
+            (ReviewAction::Reject { reason: "wrong unit".into() }, None)
+        );
+        assert!(matches!(r("reject", None, None), Err(ReviewError::EmptyReason)));
+        assert!(matches!(r("maybe", None, None), Err(ReviewError::UnknownVerdict(_))));
     }
 
     #[test]
