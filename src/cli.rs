@@ -43,8 +43,10 @@ pub enum Command {
     Docs(DocsCommand),
     /// Answer a question with the active adapter, citing sources.
     Ask(AskArgs),
-    /// Run a training round now.
+    /// Run a training round now, then gate it: the new adapter is promoted or rejected.
     Train(TrainArgs),
+    /// Review a recorded answer: approve it, reject it with a reason, or correct it.
+    Review(ReviewArgs),
     /// Run the evaluation suite.
     Eval(EvalArgs),
     /// The adapter registry: list, promote, roll back, export, import.
@@ -136,6 +138,32 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The answer's id (`warsha ask --json` prints it; the review queue lists them).
+    pub answer_id: i64,
+    /// approve: right as given; reject: wrong (TEXT is the reason); correct: TEXT is the right answer.
+    #[arg(value_enum)]
+    pub verdict: ReviewVerdict,
+    /// The correction (correct) or the reason (reject).
+    pub text: Option<String>,
+    /// A remark kept with the review.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Who reviews (terminals on the floor share a login; default: $WARSHA_REVIEWER).
+    #[arg(long, env = "WARSHA_REVIEWER")]
+    pub reviewer: Option<String>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReviewVerdict {
+    Approve,
+    Reject,
+    Correct,
+}
+
+#[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Adapter id to score (default: the active adapter; 0 = the bare base model).
     #[arg(long)]
@@ -157,6 +185,13 @@ pub enum AdaptersCommand {
     },
     /// Make the previous adapter active again.
     Rollback(JsonFlag),
+    /// Run the eval gate on a candidate or imported adapter: promote it or reject it.
+    Gate {
+        /// Adapter id.
+        id: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Write an adapter in an interchange format.
     Export {
         /// Adapter id.

@@ -14,6 +14,7 @@ pub mod answer;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod cycle;
 pub mod data_dir;
 pub mod demo_assets;
 pub mod eval;

@@ -1,4 +1,4 @@
-//! `warsha adapters list | promote ID | rollback | export ID --format F --out DIR | import DIR`.
+//! `warsha adapters list | promote ID | gate ID | rollback | export ID --format F --out DIR | import DIR`.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,7 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
             )?;
             print_switch(&s, out.json, "promoted")
         }
+        AdaptersCommand::Gate { id, out } => gate(ctx, id, out.json),
         AdaptersCommand::Rollback(o) => {
             if let Some(mut conn) = super::serve::service(ctx)? {
                 return super::serve::call(&mut conn, json!({"verb": "rollback"}), o.json, "rolled back");
@@ -74,6 +75,48 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Score a candidate (or imported) adapter against the active one, then
+/// promote or reject it: the same gate a training round ends with.
+fn gate(ctx: &Ctx, id: i64, json_out: bool) -> Result<()> {
+    let Some(model) = ctx.config.model_path() else {
+        bail!("no base model configured: set [model] path (a .gguf file or safetensors directory)");
+    };
+    let _lock = ctx.data.lock()?;
+    let mut store = ctx.open_store()?;
+    if store.adapter(id)?.is_none() {
+        bail!("no adapter with id {id}");
+    }
+    let (base, tok) = ctx.load_base(&model)?;
+    let g =
+        crate::cycle::gate_with(&mut store, &ctx.config, &ctx.data, &base, &tok, id, &Default::default())?;
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "adapter": g.candidate_id,
+                "promoted": g.decision.promote,
+                "reasons": g.decision.reasons,
+                "incumbent": g.incumbent_id,
+                "score": {"candidate": g.candidate.metrics.score, "incumbent": g.incumbent.score},
+                "switch": g.switch,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "adapter {id}: {}",
+        if g.decision.promote {
+            "promoted; it answers questions now"
+        } else {
+            "rejected; the active model stays"
+        }
+    );
+    for r in &g.decision.reasons {
+        println!("  {r}");
+    }
+    Ok(())
 }
 
 /// The configured base model's path and the shapes an adapter must match.

@@ -17,15 +17,15 @@ use super::Ctx;
 use crate::adapters::GateOutcome;
 use crate::answer::{Answerer, Origin};
 use crate::cli::{DemoArgs, IngestArgs, JsonFlag};
+use crate::cycle::{run_cycle, CycleEvent, CycleInputs, CycleOutcome};
 use crate::demo_assets;
-use crate::eval::inputs::EvalInputs;
 use crate::eval::suite::SuiteOptions;
 use crate::model::fetch;
 use crate::model::tokenizer::Tok;
 use crate::model::{Adapter, Base};
 use crate::store::Level;
 use crate::train::install_stop_signals;
-use crate::train::round::{self, RoundInputs, RoundOutcome};
+use crate::train::round::RoundOutcome;
 use crate::train::stop::StopWhen;
 
 /// The demo's model: small enough to train on two CPU cores in minutes.
@@ -94,15 +94,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
         "[3/6] training a LoRA adapter (r={}, {} steps, seq {})",
         ctx.config.lora.rank, ctx.config.train.max_steps, ctx.config.train.seq_len
     ));
-    let round = train_round(&ctx, &mut store, &base, &tok, &model_path, json_out)?;
-    let Some(candidate) = round.adapter_id else {
-        bail!("the training round ended without an adapter ({:?})", round.status);
-    };
-
-    // 4–5. Score the bare base and the candidate on the eval set; gate.
-    say("[4/6] scoring the bare base model and the new adapter on the eval questions");
-    let outcome =
-        gate(&ctx, &mut store, &base, &tok, candidate).context("evaluating and gating the new adapter")?;
+    let (round, outcome) = train_and_gate(&ctx, &mut store, &base, &tok, &model_path, json_out, &say)?;
     let before = outcome.incumbent.score;
     let after = outcome.candidate.metrics.score;
     say(&format!(
@@ -167,47 +159,24 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
     Ok(())
 }
 
-/// The gate on the eval set, with a suite trimmed for two CPU cores: shorter
-/// greedy answers and no perturbed copies (`warsha eval` runs those).
-fn gate(
-    ctx: &Ctx,
-    store: &mut crate::store::Store,
-    base: &Base,
-    tok: &Tok,
-    candidate: i64,
-) -> Result<GateOutcome> {
-    let row = store.adapter(candidate)?.context("the new adapter is not in the registry")?;
-    let inputs = EvalInputs::gather(store, &ctx.config, row.data_snapshot.as_ref())?;
-    let opts =
-        SuiteOptions { max_new_tokens: 24, max_perturbed: 0, max_heldout_tokens: 1024, ..Default::default() };
-    Ok(crate::adapters::evaluate_and_gate(
-        store,
-        &ctx.data,
-        &ctx.config.eval,
-        ctx.config.retention.keep_adapters,
-        base,
-        tok,
-        candidate,
-        &inputs.borrow(),
-        &opts,
-    )?)
-}
-
-/// One training round with a progress bar on the terminal.
-fn train_round(
+/// One turn of the loop (`cycle::run_cycle`, as the service runs it) with a
+/// progress bar, and the gate's suite trimmed for two CPU cores: shorter
+/// greedy answers and no perturbed copies (`warsha eval` runs those). A
+/// candidate an interrupted earlier demo left ungated is gated first.
+fn train_and_gate(
     ctx: &Ctx,
     store: &mut crate::store::Store,
     base: &Base,
     tok: &Tok,
     model_path: &Path,
     json_out: bool,
-) -> Result<RoundOutcome> {
+    say: &dyn Fn(&str),
+) -> Result<(RoundOutcome, GateOutcome)> {
     let flag = install_stop_signals().context("installing the SIGTERM handler")?;
-    let total = ctx.config.train.max_steps as u64;
     let bar = if json_out || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         if let Ok(style) =
             ProgressStyle::with_template("      {elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
         {
@@ -215,23 +184,49 @@ fn train_round(
         }
         bar
     };
-    let inputs = RoundInputs {
+    let inputs = CycleInputs {
         config: &ctx.config,
         data_dir: &ctx.data,
         base,
         tok,
         base_model: model_path.display().to_string(),
         steps: None,
-        resume: false,
         stop: StopWhen { flag: Some(flag), deadline: None },
+        only_if_new: false,
+        suite: SuiteOptions {
+            max_new_tokens: 24,
+            max_perturbed: 0,
+            max_heldout_tokens: 1024,
+            ..Default::default()
+        },
     };
-    let mut on_step = |r: &crate::train::trainer::StepReport| {
-        bar.set_position(r.step as u64);
-        bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.positions_per_s));
+    let mut hook = |e: &CycleEvent<'_>| match e {
+        CycleEvent::Training { max_steps, .. } => bar.set_length(*max_steps as u64),
+        CycleEvent::Step { report: r, .. } => {
+            bar.set_position(r.step as u64);
+            bar.set_message(format!("loss {:.3}  {:.0} tok/s", r.loss, r.positions_per_s));
+        }
+        CycleEvent::Gating { .. } => {
+            bar.finish_and_clear();
+            say("[4/6] scoring the bare base model and the new adapter on the eval questions");
+        }
+        CycleEvent::GatingLeftover { adapter_id } => {
+            say(&format!("      gating adapter #{adapter_id}, left ungated by an earlier demo"))
+        }
     };
-    let out = round::run_round(store, inputs, &mut on_step)?;
-    bar.finish_and_clear();
-    Ok(out)
+    loop {
+        match run_cycle(store, &inputs, &mut hook).context("training and gating the new adapter")? {
+            CycleOutcome::Promoted(g) | CycleOutcome::Rejected(g) => match g.round {
+                Some(round) => return Ok((*round, *g.gate)),
+                None => continue,
+            },
+            CycleOutcome::Paused { run_id, .. } => {
+                bar.finish_and_clear();
+                bail!("stopped: training run #{run_id} is paused at a checkpoint (the next demo resumes it)")
+            }
+            CycleOutcome::NothingNew => bail!("nothing to train on"),
+        }
+    }
 }
 
 /// The demo's settings: its own data dir (unless one was given), a drop

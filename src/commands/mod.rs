@@ -11,6 +11,7 @@ mod docs;
 mod eval;
 mod ingest;
 mod model;
+mod review;
 mod serve;
 mod status;
 mod text;
@@ -93,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Docs(c) => docs::run(&ctx, &c),
         Command::Ask(a) => ask::run(&ctx, &a),
         Command::Train(a) => train::run(&ctx, a),
+        Command::Review(a) => review::run(&ctx, a),
         Command::Eval(a) => eval::run(&ctx, a),
         Command::Adapters(c) => adapters::run(&ctx, c),
         Command::Model(c) => model::run(&ctx, c),

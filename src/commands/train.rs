@@ -1,5 +1,7 @@
-//! `warsha train`: run (or resume) a training round on the data dir's
-//! material with the configured base model, or print the memory plan.
+//! `warsha train`: one turn of the loop now (`cycle::run_cycle`): gate a
+//! candidate an earlier round left ungated, resume a paused round or start
+//! one on the data dir's material, then gate the new adapter — promoted or
+//! rejected like the nightly round. `--plan` prints the memory plan instead.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -9,9 +11,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Ctx;
 use crate::cli::TrainArgs;
+use crate::cycle::{run_cycle, CycleEvent, CycleInputs, CycleOutcome};
+use crate::eval::suite::SuiteOptions;
 use crate::model::tokenizer::Tok;
 use crate::model::Base;
-use crate::train::round::{self, RoundInputs, RoundStatus};
+use crate::train::round::{self, RoundOutcome, RoundStatus};
 use crate::train::stop::StopWhen;
 use crate::train::{device, install_stop_signals, window_deadline, LocalTime};
 
@@ -53,36 +57,113 @@ pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
         let end = now + left;
         deadline = Some(deadline.map_or(end, |d| d.min(end)));
     }
-    let steps_total = if args.resume { None } else { Some(args.steps.unwrap_or(cfg.train.max_steps)) };
-    let bar = progress_bar(args.out.json, steps_total);
-    let inputs = RoundInputs {
+    let inputs = CycleInputs {
         config: cfg,
         data_dir: &ctx.data,
         base: &base,
         tok: &tok,
         base_model: model_path.display().to_string(),
         steps: args.steps,
-        resume: args.resume,
         stop: StopWhen { flag: Some(flag), deadline },
+        only_if_new: false,
+        suite: SuiteOptions::default(),
     };
     let json = args.out.json;
-    let mut on_step = |r: &crate::train::trainer::StepReport| {
-        bar.set_position(r.step as u64);
-        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", r.loss, r.lr, r.positions_per_s));
-        if json {
-            if let Ok(line) = serde_json::to_string(&serde_json::json!({"event": "step", "step": r})) {
-                // A reader that went away must not stop the round: progress lines are best-effort.
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    let mut bar: Option<ProgressBar> = None;
+    let mut hook = |e: &CycleEvent<'_>| {
+        match e {
+            CycleEvent::Training { max_steps, .. } => bar = Some(progress_bar(json, *max_steps)),
+            CycleEvent::Step { report: r, .. } => {
+                if let Some(b) = &bar {
+                    b.set_position(r.step as u64);
+                    b.set_message(format!(
+                        "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                        r.loss, r.lr, r.positions_per_s
+                    ));
+                }
+            }
+            CycleEvent::Gating { .. } | CycleEvent::GatingLeftover { .. } => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
             }
         }
+        if json {
+            emit(&serde_json::json!(e));
+        } else if let CycleEvent::GatingLeftover { adapter_id } = e {
+            println!("gating adapter #{adapter_id}, trained by an earlier round that ended before its gate");
+        } else if let CycleEvent::Gating { adapter_id, .. } = e {
+            println!("gating adapter #{adapter_id}: scoring it and the active model on the eval set");
+        }
     };
-    let out = round::run_round(&mut store, inputs, &mut on_step)?;
-    bar.finish_and_clear();
-    if json {
-        println!("{}", serde_json::json!({"event": "done", "outcome": out}));
-        return Ok(());
+    // A candidate left ungated by a stopped process is gated first; then this round trains.
+    let out = loop {
+        let out = run_cycle(&mut store, &inputs, &mut hook)?;
+        match &out {
+            CycleOutcome::Promoted(g) | CycleOutcome::Rejected(g) if g.round.is_none() => {
+                report(&out, json);
+                continue;
+            }
+            _ => break out,
+        }
+    };
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
     }
+    report(&out, json);
+    Ok(())
+}
+
+/// A progress line on stdout: best-effort (a reader that went away must not stop the round).
+fn emit(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}").and_then(|_| out.flush());
+}
+
+fn report(out: &CycleOutcome, json: bool) {
+    let (round, gate) = match out {
+        CycleOutcome::Promoted(g) | CycleOutcome::Rejected(g) => (g.round.as_deref(), Some(&*g.gate)),
+        CycleOutcome::Paused { round, .. } => (Some(&**round), None),
+        CycleOutcome::NothingNew => (None, None),
+    };
+    if json {
+        // `outcome` is the round's (status done/paused); `gate` the decision.
+        emit(&serde_json::json!({
+            "event": if round.is_some() { "done" } else { "gated" },
+            "result": out.word(),
+            "outcome": round,
+            "gate": gate.map(|g| serde_json::json!({
+                "adapter": g.candidate_id,
+                "promoted": g.decision.promote,
+                "reasons": g.decision.reasons,
+                "incumbent": g.incumbent_id,
+                "score": {"candidate": g.candidate.metrics.score, "incumbent": g.incumbent.score},
+            })),
+        }));
+        return;
+    }
+    if let Some(out) = round {
+        print_round(out);
+    }
+    if let Some(g) = gate {
+        let incumbent =
+            g.incumbent_id.map(|i| format!("adapter #{i}")).unwrap_or_else(|| "the bare base model".into());
+        println!(
+            "gate            adapter #{} {} (against {incumbent})",
+            g.candidate_id,
+            if g.decision.promote {
+                "promoted: it answers questions now"
+            } else {
+                "rejected: the active model stays"
+            }
+        );
+        for r in &g.decision.reasons {
+            println!("  {r}");
+        }
+    }
+}
+
+fn print_round(out: &RoundOutcome) {
     let s = &out.samples;
     println!(
         "run #{}: {} at step {}/{}{}",
@@ -113,7 +194,7 @@ pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
                 println!("held-out loss   {h:.4}");
             }
             if let (Some(id), Some(dir)) = (out.adapter_id, &out.adapter_dir) {
-                println!("adapter         #{id} (candidate) in {}", dir.display());
+                println!("adapter         #{id} in {}", dir.display());
             }
         }
         RoundStatus::Paused => {
@@ -121,17 +202,16 @@ pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
                 Some(crate::train::StopReason::Signal) => "stop signal",
                 _ => "deadline",
             };
-            println!("stopped         {why}; `warsha train --resume` continues from the checkpoint");
+            println!("stopped         {why}; the next `warsha train` continues from the checkpoint");
         }
     }
-    Ok(())
 }
 
-fn progress_bar(json: bool, total: Option<usize>) -> ProgressBar {
+fn progress_bar(json: bool, total: usize) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(total.map(|t| t as u64), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }

@@ -37,6 +37,7 @@ mod notify;
 mod peer;
 pub mod protocol;
 mod query;
+pub mod schedule;
 mod socket;
 mod writer;
 
@@ -98,6 +99,8 @@ pub struct Live {
     pub training: Option<Progress>,
     pub paused: bool,
     pub settling_files: usize,
+    /// The adapter the gate is scoring.
+    pub gating: Option<i64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,9 +1,8 @@
 //! Who is at the other end of the socket: SO_PEERCRED, and whether that
 //! user may use the service (root, the service's own user, members of the
-//! configured group). The only libc calls of the service.
+//! configured group). The system calls themselves are in `crate::sys`.
 
-use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -15,38 +14,17 @@ pub struct Peer {
 }
 
 pub fn peer_of(s: &UnixStream) -> std::io::Result<Peer> {
-    // SAFETY: getsockopt writes at most `len` bytes into the zeroed ucred we own.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid })
+    let (pid, uid, gid) = crate::sys::peer_credentials(s.as_fd())?;
+    Ok(Peer { pid, uid, gid })
 }
 
 /// The gid of a group name, when the group exists.
 pub fn group_gid(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r fills grp using buf, both owned here and large enough or it reports ERANGE.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
-    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+    crate::sys::group_id(name)
 }
 
 pub fn own_uid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::effective_uid()
 }
 
 /// Whether `peer` may use the service. Supplementary groups are read from

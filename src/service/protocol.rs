@@ -36,6 +36,9 @@ pub enum Verb {
         text: Option<String>,
         #[serde(default)]
         note: Option<String>,
+        /// The operator's name (floor terminals share a login).
+        #[serde(default)]
+        reviewer: Option<String>,
     },
     Docs {
         action: DocsAction,

@@ -195,11 +195,12 @@ impl Client {
                 Verb::Resume => Request::Resume { uid, reply: tx },
                 Verb::Promote { adapter } => Request::Promote { adapter: *adapter, uid, reply: tx },
                 Verb::Rollback => Request::Rollback { uid, reply: tx },
-                Verb::Review { answer, verdict, text, note } => Request::Review {
+                Verb::Review { answer, verdict, text, note, reviewer } => Request::Review {
                     answer: *answer,
                     verdict: verdict.as_str().into(),
                     text: text.clone(),
                     note: note.clone(),
+                    reviewer: reviewer.clone(),
                     uid,
                     reply: tx,
                 },

@@ -16,7 +16,10 @@ use crate::config::Config;
 use crate::ingest::pipeline::Outcome;
 use crate::ingest::worker::{Hint, Tick, Worker};
 use crate::store::{Level, Store};
-use crate::train::round::{run_round_lending, RoundInputs, RoundStatus};
+use super::schedule::{self, Decision, Last, Now, Situation};
+use crate::cycle::{run_cycle_lending, CycleError, CycleEvent, CycleInputs, CycleOutcome};
+use crate::eval::suite::SuiteOptions;
+use crate::store::reviews::NewReview;
 use crate::train::stop::StopWhen;
 use crate::train::{window_deadline, LocalTime, TrainError};
 
@@ -29,7 +32,15 @@ pub enum Request {
     RecordAnswer { answer: AnswerRecord, reply: Reply },
     Promote { adapter: i64, uid: u32, reply: Reply },
     Rollback { uid: u32, reply: Reply },
-    Review { answer: i64, verdict: String, text: Option<String>, note: Option<String>, uid: u32, reply: Reply },
+    Review {
+        answer: i64,
+        verdict: String,
+        text: Option<String>,
+        note: Option<String>,
+        reviewer: Option<String>,
+        uid: u32,
+        reply: Reply,
+    },
     TrainNow { steps: Option<usize>, uid: u32, reply: Reply },
     Pause { uid: u32, reply: Reply },
     Resume { uid: u32, reply: Reply },
@@ -58,14 +69,24 @@ pub enum IngestStep {
     Panicked { file: Option<String>, message: String },
 }
 
+/// A turn the scheduler decided on.
+struct Turn {
+    steps: Option<usize>,
+    /// Time left for it (the window's end).
+    deadline: Option<Duration>,
+    only_if_new: bool,
+}
+
 /// Decisions the requests make for the loop.
 #[derive(Default)]
 struct Control {
     /// A round asked for (train-now, resume, or a crashed round to finish): its step count.
     train_now: Option<Option<usize>>,
     paused: bool,
-    /// The scheduler already looked at the current window.
-    window_seen: bool,
+    /// The scheduler has decided once since the service started.
+    looked: bool,
+    /// When the scheduler looks again (None: at once).
+    next_look: Option<Instant>,
     /// When old events were last deleted (`[retention] events_days`).
     pruned: Option<Instant>,
 }
@@ -126,8 +147,8 @@ impl Loop {
         Ok(())
     }
 
-    /// Work a crash left behind: a round that was running resumes; a
-    /// candidate trained but never gated is gated.
+    /// Work a crash left behind: a round that was running resumes now (a
+    /// candidate trained but never gated is gated by the first turn).
     fn recover(&mut self) -> Result<(), ServiceError> {
         let store = self.worker.pipeline().store();
         if let Some(run) = store.latest_resumable_run()? {
@@ -140,11 +161,6 @@ impl Loop {
                 )?;
                 self.ctl.train_now = Some(None);
             }
-        }
-        let ungated: Vec<i64> =
-            store.adapters()?.into_iter().filter(|a| a.state == "candidate").map(|a| a.id).collect();
-        for id in ungated {
-            self.gate(id);
         }
         Ok(())
     }
@@ -179,6 +195,10 @@ impl Loop {
     }
 
     fn record_step(&mut self, step: IngestStep) {
+        if matches!(step, IngestStep::Did(_)) {
+            // New material: the scheduler looks again.
+            self.ctl.next_look = None;
+        }
         let store = self.worker.pipeline().store();
         let r = match step {
             IngestStep::Did(o) => {
@@ -206,73 +226,98 @@ impl Loop {
         }
     }
 
-    /// Whether a round starts now, and with how many steps.
-    ///
-    /// The nightly start on new material is the scheduler's decision
-    /// (`schedule.rs`); here: an explicit request, and a paused round
-    /// resumed once when its window opens.
-    fn round_due(&mut self) -> Option<Option<usize>> {
-        if let Some(steps) = self.ctl.train_now.take() {
-            return Some(steps);
-        }
-        if self.ctl.paused {
+    /// The scheduler's decision (`schedule::decide`), taken when it said to
+    /// look again, or at once after a request or new material.
+    fn round_due(&mut self) -> Option<Turn> {
+        let train_now = self.ctl.train_now.take();
+        if train_now.is_none() && (self.ctl.paused || self.ctl.next_look.is_some_and(|t| Instant::now() < t)) {
             return None;
         }
         let cfg = self.shared.config();
-        if window_deadline(LocalTime::now(), &cfg).is_none() {
-            self.ctl.window_seen = false;
-            return None;
-        }
-        if self.ctl.window_seen {
-            return None;
-        }
-        self.ctl.window_seen = true;
+        let first = std::mem::replace(&mut self.ctl.looked, true);
         let store = self.worker.pipeline().store();
-        match store.latest_resumable_run() {
-            Ok(Some(_)) => Some(None),
-            _ => None,
+        let situation = (|| -> Result<_, crate::store::StoreError> {
+            Ok((
+                store.ungated_candidates()?.is_empty(),
+                Situation {
+                    now: Now::current(),
+                    last: store.last_round()?.as_ref().map(Last::from),
+                    new_material: store.new_material()?.any(),
+                    train_now: train_now.is_some(),
+                    first_since_boot: !first,
+                },
+            ))
+        })();
+        let (none_ungated, situation) = match situation {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler cannot read the store");
+                self.ctl.next_look = Some(Instant::now() + Duration::from_secs(60));
+                return None;
+            }
+        };
+        let steps = train_now.flatten();
+        let only_if_new = train_now.is_none();
+        if !none_ungated {
+            return Some(Turn { steps, deadline: None, only_if_new: false });
+        }
+        match schedule::decide(&cfg, &situation) {
+            Decision::Start { deadline } | Decision::Resume { deadline } => Some(Turn { steps, deadline, only_if_new }),
+            Decision::CatchUp { deadline, .. } => Some(Turn { steps, deadline: Some(deadline), only_if_new }),
+            Decision::Wait { wait, .. } => {
+                self.ctl.next_look = Some(Instant::now() + wait.min(Duration::from_secs(60)));
+                None
+            }
         }
     }
 
-    fn round(&mut self, steps: Option<usize>) {
+    /// One turn of the loop (round → gate → promote or reject) on this thread.
+    fn round(&mut self, turn: Turn) {
         let ModelState::Loaded(model) = &self.shared.model else {
             let store = self.worker.pipeline().store();
             let _ = store.event(Level::Warn, "train", "no model: cannot train", None);
+            self.ctl.next_look = Some(Instant::now() + Duration::from_secs(600));
             return;
         };
         let model = model.clone();
         let cfg = self.shared.config();
         let Loop { shared, rx, worker, beat, ctl } = self;
         let store = worker.pipeline().store();
-        let resume = matches!(store.latest_resumable_run(), Ok(Some(_)));
         let now = Instant::now();
-        let left = window_deadline(LocalTime::now(), &cfg);
-        let window_ends = left.map(|_| cfg.schedule.window_end.clone());
+        let window_ends = turn.deadline.filter(|_| window_deadline(LocalTime::now(), &cfg).is_some()).map(|d| {
+            let t = (LocalTime::now().secs_of_day as u64 + d.as_secs()) % 86_400;
+            format!("{:02}:{:02}", t / 3600, t % 3600 / 60)
+        });
         shared.halt.store(false, Ordering::Relaxed);
-        let stop = StopWhen { flag: Some(&shared.halt), deadline: left.map(|l| now + l) };
-        let inputs = RoundInputs {
+        let inputs = CycleInputs {
             config: &cfg,
             data_dir: &shared.data,
             base: &model.base,
             tok: &model.tok,
             base_model: model.path.display().to_string(),
-            steps,
-            resume,
-            stop,
+            steps: turn.steps,
+            stop: StopWhen { flag: Some(&shared.halt), deadline: turn.deadline.map(|d| now + d) },
+            only_if_new: turn.only_if_new,
+            suite: SuiteOptions::default(),
         };
-        let total = steps.unwrap_or(cfg.train.max_steps);
-        set_progress(shared, Some(Progress { run_id: None, step: 0, max_steps: total, window_ends: window_ends.clone() }));
-        beat.status(&activity_line(shared, 0));
-        while !shared.lease.step_boundary(Duration::from_millis(50)) {
-            beat.beat();
-        }
-        let mut hook = |store: &mut Store, rep: &crate::train::trainer::StepReport| {
-            set_progress(
-                shared,
-                Some(Progress { run_id: None, step: rep.step, max_steps: total, window_ends: window_ends.clone() }),
-            );
+        let mut hook = |store: &mut Store, ev: &CycleEvent<'_>| {
+            let boundary = match ev {
+                CycleEvent::Training { max_steps, .. } => {
+                    set_progress(shared, Some(progress(0, *max_steps, &window_ends)));
+                    true
+                }
+                CycleEvent::Step { max_steps, report } => {
+                    set_progress(shared, Some(progress(report.step, *max_steps, &window_ends)));
+                    true
+                }
+                CycleEvent::GatingLeftover { adapter_id } | CycleEvent::Gating { adapter_id, .. } => {
+                    set_progress(shared, None);
+                    set_gating(shared, Some(*adapter_id));
+                    false
+                }
+            };
             beat.status(&activity_line(shared, 0));
-            // The step boundary: serve the queue, yield to questions, stop if asked.
+            // A step boundary: serve the queue, yield to questions, stop if asked.
             loop {
                 beat.beat();
                 while let Ok(req) = rx.try_recv() {
@@ -281,60 +326,56 @@ impl Loop {
                 if shared.stopping() {
                     shared.halt.store(true, Ordering::Relaxed);
                 }
+                if !boundary {
+                    shared.lease.round_ended();
+                    break;
+                }
                 if shared.lease.step_boundary(Duration::from_millis(50)) {
                     break;
                 }
             }
         };
-        let result = run_round_lending(store, inputs, &mut hook);
+        let result = run_cycle_lending(store, &inputs, &mut hook);
         shared.lease.round_ended();
         set_progress(shared, None);
+        set_gating(shared, None);
         let store = worker.pipeline().store();
-        let gate = match result {
+        let _ = match result {
             Ok(out) => {
-                let (lvl, msg) = match out.status {
-                    RoundStatus::Done => (Level::Info, format!("run #{} done at step {}", out.run_id, out.steps_done)),
-                    RoundStatus::Paused => (
-                        Level::Info,
-                        format!("run #{} paused at step {}/{} (checkpointed)", out.run_id, out.steps_done, out.max_steps),
-                    ),
+                let msg = match &out {
+                    CycleOutcome::Promoted(g) | CycleOutcome::Rejected(g) => {
+                        format!("adapter #{} {} by the gate: {}", g.adapter, out.word(), g.reasons.join("; "))
+                    }
+                    CycleOutcome::Paused { run_id, round } => {
+                        format!("run #{run_id} paused at step {}/{} (checkpointed)", round.steps_done, round.max_steps)
+                    }
+                    CycleOutcome::NothingNew => "nothing new to learn".into(),
                 };
-                let _ = store.event(lvl, "train", &msg, serde_json::to_value(&out).ok());
-                out.adapter_id.filter(|_| out.status == RoundStatus::Done)
+                let component = if matches!(out, CycleOutcome::Promoted(_) | CycleOutcome::Rejected(_)) { "gate" } else { "train" };
+                store.event(Level::Info, component, &msg, serde_json::to_value(&out).ok())
             }
-            Err(TrainError::NoData) => {
-                let _ = store.event(Level::Info, "train", "nothing to train on yet", None);
-                None
+            Err(CycleError::Train(e)) if matches!(*e, TrainError::NoData) => {
+                ctl.next_look = Some(Instant::now() + Duration::from_secs(60));
+                store.event(Level::Info, "train", "nothing to train on yet", None)
             }
             Err(e) => {
-                let _ = store.event(Level::Error, "train", &format!("training round failed: {e}"), None);
-                None
+                ctl.next_look = Some(Instant::now() + Duration::from_secs(600));
+                store.event(Level::Error, "train", &format!("training turn failed: {e}"), None)
             }
-        };
-        if let Some(id) = gate {
-            self.gate(id);
-        }
-    }
-
-    /// Run the gate on a candidate: promoted or rejected, with the reasons recorded.
-    fn gate(&mut self, id: i64) {
-        let ModelState::Loaded(model) = &self.shared.model else { return };
-        let cfg = self.shared.config();
-        let store = self.worker.pipeline().store();
-        let r = crate::adapters::gating::gate_candidate(store, &self.shared.data, &cfg, &model.base, &model.tok, id);
-        let _ = match r {
-            Ok(g) => {
-                let verdict = if g.decision.promote { "promoted" } else { "rejected" };
-                let msg = format!("adapter #{id} {verdict} by the gate: {}", g.decision.reasons.join("; "));
-                store.event(Level::Info, "gate", &msg, Some(json!({"decision": g.decision, "adapter": id})))
-            }
-            Err(e) => store.event(Level::Error, "gate", &format!("gating adapter #{id} failed: {e}"), None),
         };
     }
 
     fn activity(&self, _: Option<()>) -> String {
         activity_line(&self.shared, self.worker.settling().len())
     }
+}
+
+fn progress(step: usize, max_steps: usize, window_ends: &Option<String>) -> Progress {
+    Progress { run_id: None, step, max_steps, window_ends: window_ends.clone() }
+}
+
+fn set_gating(sh: &Shared, adapter: Option<i64>) {
+    sh.live.lock().unwrap_or_else(|e| e.into_inner()).gating = adapter;
 }
 
 fn set_progress(sh: &Shared, p: Option<Progress>) {
@@ -354,6 +395,7 @@ fn activity_line(sh: &Shared, settling: usize) -> String {
             }
             s
         }
+        None if live.gating.is_some() => format!("gating adapter #{}", live.gating.unwrap_or_default()),
         None if settling > 0 => format!("ingesting {settling} files"),
         None if live.paused => "idle (training paused)".into(),
         None => "idle".into(),
@@ -406,8 +448,16 @@ fn handle(store: &mut Store, sh: &Shared, ctl: &mut Control, req: Request, in_ro
             }
             (reply, r)
         }
-        Request::Review { reply, .. } => {
-            (reply, Err("reviews are not recorded by this build of the service yet; use `warsha review`".into()))
+        Request::Review { answer, verdict, text, note, reviewer, uid, reply } => {
+            let r = NewReview::from_request(answer, &verdict, text, note, reviewer, Some(uid))
+                .map_err(|e| e.to_string())
+                .and_then(|rv| store.record_review(&rv).map_err(|e| e.to_string()))
+                .and_then(|rec| serde_json::to_value(&rec).map_err(|e| e.to_string()));
+            if r.is_ok() {
+                // New material for the scheduler.
+                ctl.next_look = None;
+            }
+            (reply, r)
         }
         Request::TrainNow { steps, uid, reply } => {
             let r = if in_round {

@@ -127,8 +127,9 @@ pub struct ReviewRef {
 }
 
 impl Store {
-    /// Approved answers and corrections that no training run has used yet:
-    /// the reference is the correction when there is one, else the approved answer.
+    /// Approved answers and corrections that no training run has used yet
+    /// (only an answer's newest review counts): the reference is the
+    /// correction when there is one, else the approved answer.
     pub fn unused_reviews(&self) -> Result<Vec<ReviewRef>> {
         let mut stmt = self
             .conn()
@@ -136,6 +137,7 @@ impl Store {
                 "SELECT r.id, q.text, CASE WHEN r.verdict = 'corrected' THEN r.correction ELSE a.text END \
                  FROM reviews r JOIN answers a ON a.id = r.answer_id JOIN questions q ON q.id = a.question_id \
                  WHERE r.verdict IN ('approved', 'corrected') AND r.used_in_run IS NULL \
+                 AND r.id = (SELECT max(r2.id) FROM reviews r2 WHERE r2.answer_id = r.answer_id) \
                  AND (r.verdict = 'approved' OR (r.correction IS NOT NULL AND trim(r.correction) != '')) \
                  ORDER BY r.id",
             )

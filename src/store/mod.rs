@@ -21,6 +21,8 @@ mod events;
 mod service;
 pub mod ingest;
 mod models;
+pub mod queue;
+pub mod reviews;
 mod status;
 mod train;
 
@@ -32,6 +34,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub use events::{Event, Level};
 pub use models::ModelRow;
+pub use queue::{LastRound, NewMaterial};
 pub use status::{StatusReport, TableCount};
 pub use train::{
     DataSnapshot, DocSource, NewAdapter, QaSource, ReviewSource, RunRow, StepRow, TrainingSources,
@@ -43,13 +46,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Versioned migrations. Append only: a shipped migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql")), M::up(include_str!("evals_placement.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema.sql")),
+        M::up(include_str!("evals_placement.sql")),
+        M::up(include_str!("reviews_loop.sql")),
+    ])
 }
 
 /// The latest schema version this binary knows.
 pub fn schema_version_latest() -> usize {
     // One migration per entry above; user_version counts them.
-    2
+    3
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +267,7 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-        assert_eq!(schema_version_latest(), 2);
+        assert_eq!(schema_version_latest(), 3);
     }
 
     #[test]

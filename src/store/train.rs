@@ -188,8 +188,9 @@ impl Store {
             .prepare(
                 "SELECT r.id, q.text, CASE r.verdict WHEN 'corrected' THEN r.correction ELSE a.text END \
                  FROM reviews r JOIN answers a ON a.id = r.answer_id JOIN questions q ON q.id = a.question_id \
-                 WHERE (r.verdict = 'corrected' AND r.correction IS NOT NULL AND trim(r.correction) <> '') \
-                    OR r.verdict = 'approved' \
+                 WHERE r.id = (SELECT max(r2.id) FROM reviews r2 WHERE r2.answer_id = r.answer_id) \
+                 AND ((r.verdict = 'corrected' AND r.correction IS NOT NULL AND trim(r.correction) <> '') \
+                    OR r.verdict = 'approved') \
                  ORDER BY r.id",
             )
             .map_err(|e| self.err(e))?;
@@ -216,8 +217,8 @@ impl Store {
         let snap = serde_json::to_string(snapshot).unwrap_or_else(|_| "{}".into());
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO runs (status, base_model, base_sha256, config, data_snapshot, max_steps) \
-                 VALUES ('running', ?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO runs (status, base_model, base_sha256, config, data_snapshot, max_steps, active_at) \
+                 VALUES ('running', ?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                 params![base_model, base_sha256, config.to_string(), snap, max_steps as i64],
             )
             .map_err(&err)?;
@@ -255,7 +256,7 @@ impl Store {
         let err = self.sql_err();
         self.write(|tx| {
             tx.execute(
-                "UPDATE runs SET status = ?2, error = ?3, \
+                "UPDATE runs SET status = ?2, error = ?3, active_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
                  ended_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') ELSE NULL END \
                  WHERE id = ?1",
                 params![run_id, status, error, ended],
@@ -276,7 +277,11 @@ impl Store {
                 params![run_id, s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_s, s.peak_mem_mib],
             )
             .map_err(&err)?;
-            tx.execute("UPDATE runs SET steps_done = max(steps_done, ?2) WHERE id = ?1", params![run_id, s.step])
+            tx.execute(
+                "UPDATE runs SET steps_done = max(steps_done, ?2), \
+                 active_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                params![run_id, s.step],
+            )
                 .map_err(&err)?;
             Ok(())
         })
@@ -361,7 +366,8 @@ impl Store {
         self.write(|tx| {
             tx.execute(
                 "UPDATE runs SET status = 'done', heldout_loss = ?2, adapter_id = ?3, error = NULL, \
-                 ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                 ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
+                 active_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
                 params![run_id, heldout_loss, adapter_id],
             )
             .map_err(&err)?;
