@@ -134,7 +134,15 @@ impl Answerer<'_> {
     ) -> Result<crate::model::generate::Generation, AnswerError> {
         let sampling =
             Sampling { greedy: true, temperature: 0.0, top_p: 1.0, top_k: 0, repeat_penalty: 1.0, seed: 0 };
-        Ok(generate(self.base, self.adapter.map(|(_, a)| a), self.tok, prompt, &sampling, self.max_tokens, on_text)?)
+        Ok(generate(
+            self.base,
+            self.adapter.map(|(_, a)| a),
+            self.tok,
+            prompt,
+            &sampling,
+            self.max_tokens,
+            on_text,
+        )?)
     }
 }
 

@@ -331,7 +331,9 @@ impl Config {
         if sv.max_line_bytes < 1024 || sv.max_line_bytes > 16 << 20 {
             return bad("service", "max_line_bytes", sv.max_line_bytes.to_string(), "1024..=16777216 bytes");
         }
-        for (key, v) in [("read_timeout_secs", sv.read_timeout_secs), ("write_timeout_secs", sv.write_timeout_secs)] {
+        for (key, v) in
+            [("read_timeout_secs", sv.read_timeout_secs), ("write_timeout_secs", sv.write_timeout_secs)]
+        {
             if v == 0 || v > 3600 {
                 let key = if key == "read_timeout_secs" { "read_timeout_secs" } else { "write_timeout_secs" };
                 return bad("service", key, v.to_string(), "1..=3600 seconds");

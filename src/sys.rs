@@ -167,6 +167,45 @@ pub fn local_seconds_of_day() -> u32 {
     (tm.tm_hour as u32 * 3600 + tm.tm_min as u32 * 60 + tm.tm_sec as u32) % 86_400
 }
 
+/// The process id, user id and group id of a Unix socket's peer (SO_PEERCRED),
+/// as the kernel recorded them when it connected.
+pub fn peer_credentials(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt writes at most `len` bytes into the zeroed ucred we own.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid, cred.gid))
+}
+
+/// The gid of a group name, when the group exists.
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getgrnam_r fills grp from buf, both owned here; a too-small buf reports ERANGE.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+}
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,43 +250,4 @@ mod tests {
         assert!(open_no_follow(&target).is_ok());
         assert!(open_no_follow(&link).is_err());
     }
-}
-
-/// The process id, user id and group id of a Unix socket's peer (SO_PEERCRED),
-/// as the kernel recorded them when it connected.
-pub fn peer_credentials(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32, u32)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: getsockopt writes at most `len` bytes into the zeroed ucred we own.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((cred.pid, cred.uid, cred.gid))
-}
-
-/// The gid of a group name, when the group exists.
-pub fn group_id(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: getgrnam_r fills grp from buf, both owned here; a too-small buf reports ERANGE.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
-    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
-}
-
-/// This process's effective uid.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
 }

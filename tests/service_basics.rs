@@ -32,14 +32,15 @@ fn no_model_service_is_ready_pings_watchdog_ingests_and_stops_clean() {
     }
     writeln!(f, "THE LAST LINE").unwrap();
     drop(f);
-    let done = || {
-        svc.sql("SELECT count(*) FROM files WHERE state = 'ingested'")[0][0] == json!(2)
-    };
+    let done = || svc.sql("SELECT count(*) FROM files WHERE state = 'ingested'")[0][0] == json!(2);
     assert!(wait(Duration::from_secs(30), done), "not ingested\n{}", svc.log());
     let rows = svc.sql("SELECT count(*) FROM files WHERE path = 'slow.txt'");
     assert_eq!(rows[0][0], json!(1), "the growing file was taken once");
     let text = svc.sql("SELECT group_concat(chunks.text, ' ') FROM chunks JOIN documents d ON d.id = chunks.document_id WHERE d.name = 'slow.txt'");
-    assert!(text[0][0].as_str().unwrap_or("").contains("THE LAST LINE"), "taken before it was complete: {text:?}");
+    assert!(
+        text[0][0].as_str().unwrap_or("").contains("THE LAST LINE"),
+        "taken before it was complete: {text:?}"
+    );
 
     // Answers say "no model"; status says why.
     let mut c = svc.client();

@@ -51,7 +51,11 @@ fn ask_streams_pieces_and_sources_while_a_round_trains_and_the_round_is_gated() 
     let fin = rest.last().unwrap();
     assert!(fin["answer_id"].as_i64().is_some() && fin["total_duration"].as_u64().is_some(), "{fin}");
     let steps_then = svc.sql("SELECT max(step) FROM run_steps")[0][0].as_i64().unwrap_or(0);
-    eprintln!("time to first token while training: {:.2} s (server: {:?} ns)", ttft.as_secs_f64(), fin["first_piece_duration"]);
+    eprintln!(
+        "time to first token while training: {:.2} s (server: {:?} ns)",
+        ttft.as_secs_f64(),
+        fin["first_piece_duration"]
+    );
     assert!(steps_then < 12, "the question was answered while the round trained (at step {steps_then})");
 
     // The round finishes and the gate decides by itself.
@@ -87,7 +91,8 @@ fn kill9_during_ingest_and_during_training_then_restart_finishes_both() {
     assert!(svc.wait_note("READY=1", Duration::from_secs(120)), "{}", svc.log());
     let done = || svc.sql("SELECT status FROM runs WHERE id = 1")[0][0] == json!("done");
     assert!(wait(Duration::from_secs(600), done), "the run did not finish\n{}", svc.log());
-    let steps = svc.sql("SELECT count(*), count(DISTINCT step), min(step), max(step) FROM run_steps WHERE run_id = 1");
+    let steps = svc
+        .sql("SELECT count(*), count(DISTINCT step), min(step), max(step) FROM run_steps WHERE run_id = 1");
     assert_eq!(steps[0], vec![json!(8), json!(8), json!(1), json!(8)], "each step once");
     assert_eq!(svc.sql("SELECT count(*) FROM runs")[0][0], json!(1), "resumed, not restarted");
     let gated = || !svc.sql("SELECT id FROM adapters WHERE state IN ('active', 'rejected')").is_empty();

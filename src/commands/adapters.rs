@@ -18,7 +18,12 @@ pub fn run(ctx: &Ctx, cmd: AdaptersCommand) -> Result<()> {
         AdaptersCommand::List(o) => list(ctx, o.json),
         AdaptersCommand::Promote { id, out } => {
             if let Some(mut conn) = super::serve::service(ctx)? {
-                return super::serve::call(&mut conn, json!({"verb": "promote", "adapter": id}), out.json, "promoted");
+                return super::serve::call(
+                    &mut conn,
+                    json!({"verb": "promote", "adapter": id}),
+                    out.json,
+                    "promoted",
+                );
             }
             let _lock = ctx.data.lock()?;
             let mut store = ctx.open_store()?;

@@ -25,7 +25,10 @@ pub fn run(ctx: &Ctx, a: ReviewArgs) -> Result<()> {
         if a.out.json {
             println!("{v}");
         } else {
-            println!("review #{} of answer {} recorded by the running service", v["review"]["id"], a.answer_id);
+            println!(
+                "review #{} of answer {} recorded by the running service",
+                v["review"]["id"], a.answer_id
+            );
         }
         return Ok(());
     }

@@ -15,7 +15,11 @@ use crate::service::{serve, ServeArgs};
 
 pub fn run(ctx: &Ctx, config_file: Option<&Path>) -> Result<()> {
     let load = |p: &Path| ctx.load_base(p);
-    serve(ServeArgs { config: ctx.config.clone(), config_file: config_file.map(Path::to_path_buf), load: &load })?;
+    serve(ServeArgs {
+        config: ctx.config.clone(),
+        config_file: config_file.map(Path::to_path_buf),
+        load: &load,
+    })?;
     Ok(())
 }
 
@@ -43,7 +47,7 @@ pub fn ask(conn: &mut Connection, question: &str, max_tokens: usize, json_out: b
     let mut stdout = std::io::stdout();
     let mut sources = Vec::new();
     loop {
-        let v = match conn.next() {
+        let v = match conn.next_record() {
             Ok(v) => v,
             Err(ClientError::Refused { code, message }) if code == "no-model" => bail!("{message}"),
             Err(e) => return Err(e.into()),
@@ -70,7 +74,11 @@ pub fn ask(conn: &mut Connection, question: &str, max_tokens: usize, json_out: b
                     v["total_duration"].as_u64().unwrap_or(0) / 1_000_000
                 );
                 for s in &sources {
-                    println!("  source: {} (document {})", s["document"].as_str().unwrap_or(""), s["document_id"]);
+                    println!(
+                        "  source: {} (document {})",
+                        s["document"].as_str().unwrap_or(""),
+                        s["document_id"]
+                    );
                 }
             }
             return Ok(());

@@ -27,7 +27,12 @@ pub fn run(ctx: &Ctx, args: TrainArgs) -> Result<()> {
             } else {
                 serde_json::json!({"verb": "train-now", "steps": args.steps})
             };
-            return super::serve::call(&mut conn, verb, args.out.json, "round started; `warsha status` follows it");
+            return super::serve::call(
+                &mut conn,
+                verb,
+                args.out.json,
+                "round started; `warsha status` follows it",
+            );
         }
     }
     let cfg = &ctx.config;

@@ -41,7 +41,11 @@ pub fn connect(data: &DataDir) -> Result<Option<Connection>, ClientError> {
             let _ = w.set_write_timeout(Some(Duration::from_secs(30)));
             Ok(Some(Connection { path: shown, reader: BufReader::new(s), writer: w, next_id: 1 }))
         }
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            Ok(None)
+        }
         Err(source) => Err(ClientError::Io { path: shown, source }),
     }
 }
@@ -64,7 +68,7 @@ impl Connection {
     }
 
     /// The next record; an error record becomes [`ClientError::Refused`].
-    pub fn next(&mut self) -> Result<Value, ClientError> {
+    pub fn next_record(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();
         let n = self
             .reader
@@ -86,7 +90,7 @@ impl Connection {
     /// One request answered by one record: its `result`.
     pub fn call(&mut self, request: Value) -> Result<Value, ClientError> {
         self.send(request)?;
-        let v = self.next()?;
+        let v = self.next_record()?;
         Ok(v.get("result").cloned().unwrap_or(v))
     }
 }

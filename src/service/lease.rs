@@ -53,7 +53,8 @@ impl Lease {
             self.cv.notify_all();
         }
         if st.questions > 0 {
-            let (s, _) = self.cv.wait_timeout_while(st, wait, |s| s.questions > 0).unwrap_or_else(|p| p.into_inner());
+            let (s, _) =
+                self.cv.wait_timeout_while(st, wait, |s| s.questions > 0).unwrap_or_else(|p| p.into_inner());
             st = s;
             if st.questions > 0 {
                 return false;
@@ -103,7 +104,7 @@ mod tests {
             waited
         });
         std::thread::sleep(Duration::from_millis(100)); // the step runs
-        // Boundary: the question takes the model; the trainer waits it out.
+                                                        // Boundary: the question takes the model; the trainer waits it out.
         let t = Instant::now();
         while !lease.step_boundary(Duration::from_millis(20)) {}
         let waited = q.join().unwrap();

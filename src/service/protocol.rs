@@ -102,7 +102,11 @@ pub fn parse(line: &[u8]) -> Result<(Value, Verb), Refusal> {
     match obj.remove("v") {
         Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
         Some(other) => {
-            return Err(refuse(&id, "bad-version", format!("protocol version {other} is not served (this is v{VERSION})")))
+            return Err(refuse(
+                &id,
+                "bad-version",
+                format!("protocol version {other} is not served (this is v{VERSION})"),
+            ))
         }
         None => return Err(refuse(&id, "bad-version", format!("\"v\" is missing (this is v{VERSION})"))),
     }

@@ -18,7 +18,11 @@ use crate::store::Store;
 const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// The active adapter for answers, loaded when it changes.
-fn active_adapter(sh: &Shared, store: &Store, base: &crate::model::Base) -> Result<Option<(i64, Arc<crate::model::Adapter>)>, String> {
+fn active_adapter(
+    sh: &Shared,
+    store: &Store,
+    base: &crate::model::Base,
+) -> Result<Option<(i64, Arc<crate::model::Adapter>)>, String> {
     let Some(row) = store.active_adapter().map_err(|e| e.to_string())? else { return Ok(None) };
     let mut cached = sh.answer_adapter.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((id, a)) = cached.as_ref() {
@@ -26,13 +30,22 @@ fn active_adapter(sh: &Shared, store: &Store, base: &crate::model::Base) -> Resu
             return Ok(Some((*id, a.clone())));
         }
     }
-    let a = crate::adapters::load_adapter(&sh.data.root().join(&row.path), base).map_err(|e| e.to_string())?;
+    let a =
+        crate::adapters::load_adapter(&sh.data.root().join(&row.path), base).map_err(|e| e.to_string())?;
     let a = Arc::new(a);
     *cached = Some((row.id, a.clone()));
     Ok(Some((row.id, a)))
 }
 
-pub fn ask(sh: &Shared, out: &mut Out, store: &Store, id: &Value, question: &str, max_tokens: Option<usize>, uid: u32) {
+pub fn ask(
+    sh: &Shared,
+    out: &mut Out,
+    store: &Store,
+    id: &Value,
+    question: &str,
+    max_tokens: Option<usize>,
+    uid: u32,
+) {
     let started = Instant::now();
     let model = match &sh.model {
         ModelState::Loaded(m) => m.clone(),

@@ -30,8 +30,8 @@ impl Listener {
     pub fn bind(shared: Arc<Shared>) -> Result<Self, ServiceError> {
         let path = shared.data.socket();
         let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).map_err(|e| ServiceError::io(format!("binding {}", path.display()), e))?;
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| ServiceError::io(format!("binding {}", path.display()), e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| ServiceError::io(format!("chmod {}", path.display()), e))?;
         let group = shared.config().service.group;
@@ -41,7 +41,10 @@ impl Listener {
                     tracing::warn!(group, error = %e, "cannot give the socket to its group");
                 }
             }
-            None => tracing::warn!(group, "[service] group does not exist: only root and the service's user may connect"),
+            None => tracing::warn!(
+                group,
+                "[service] group does not exist: only root and the service's user may connect"
+            ),
         }
         listener.set_nonblocking(true).map_err(|e| ServiceError::io("socket", e))?;
         Ok(Self { shared, listener })
@@ -70,11 +73,21 @@ impl Listener {
         let _ = stream.set_nonblocking(false);
         let cfg = self.shared.config().service;
         let _ = stream.set_write_timeout(Some(Duration::from_secs(cfg.write_timeout_secs)));
-        let mut out = Out { stream: match stream.try_clone() { Ok(s) => s, Err(_) => return }, broken: false };
+        let mut out = Out {
+            stream: match stream.try_clone() {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            broken: false,
+        };
         let peer = match peer::peer_of(&stream) {
             Ok(p) => p,
             Err(e) => {
-                out.send(&protocol::error(&Value::Null, "refused", &format!("cannot identify the client: {e}")));
+                out.send(&protocol::error(
+                    &Value::Null,
+                    "refused",
+                    &format!("cannot identify the client: {e}"),
+                ));
                 return;
             }
         };
@@ -84,13 +97,20 @@ impl Listener {
             out.send(&protocol::error(
                 &Value::Null,
                 "forbidden",
-                &format!("uid {} may not use this service: it is not root, the service user, or in group {:?}", peer.uid, cfg.group),
+                &format!(
+                    "uid {} may not use this service: it is not root, the service user, or in group {:?}",
+                    peer.uid, cfg.group
+                ),
             ));
             return;
         }
         if self.shared.clients.fetch_add(1, Ordering::SeqCst) >= cfg.max_clients {
             self.shared.clients.fetch_sub(1, Ordering::SeqCst);
-            out.send(&protocol::error(&Value::Null, "busy", &format!("{} clients already connected; try again", cfg.max_clients)));
+            out.send(&protocol::error(
+                &Value::Null,
+                "busy",
+                &format!("{} clients already connected; try again", cfg.max_clients),
+            ));
             return;
         }
         let shared = self.shared.clone();
@@ -145,7 +165,9 @@ impl Client {
             match (&mut reader).take(cap as u64 + 1).read_until(b'\n', &mut buf) {
                 Ok(0) => return,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
                     let msg = format!("no request for {} s; closing", cfg.read_timeout_secs);
                     self.out.send(&protocol::error(&Value::Null, "idle", &msg));
                     return;
@@ -295,7 +317,11 @@ impl Client {
             None => 2,
             Some((_, Some(r))) => r,
             Some((l, None)) => {
-                self.out.send(&protocol::error(id, "bad-arguments", &format!("level {l:?}: error, warn, info or debug")));
+                self.out.send(&protocol::error(
+                    id,
+                    "bad-arguments",
+                    &format!("level {l:?}: error, warn, info or debug"),
+                ));
                 return;
             }
         };
@@ -310,7 +336,8 @@ impl Client {
             return;
         }
         while !self.shared.stopping() && !self.out.broken {
-            let batch = match self.store().and_then(|s| s.events_after(last, 500).map_err(|e| e.to_string())) {
+            let batch = match self.store().and_then(|s| s.events_after(last, 500).map_err(|e| e.to_string()))
+            {
                 Ok(b) => b,
                 Err(e) => {
                     self.out.send(&protocol::error(id, "database", &e));
@@ -319,7 +346,8 @@ impl Client {
             };
             for e in batch {
                 last = e.id;
-                let shown = rank(&e.level).is_some_and(|r| r <= max) && component.is_none_or(|c| c == e.component);
+                let shown =
+                    rank(&e.level).is_some_and(|r| r <= max) && component.is_none_or(|c| c == e.component);
                 if shown && !self.out.send(&json!({"id": id, "event": e})) {
                     return;
                 }

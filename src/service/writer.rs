@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::notify::{self, Heartbeat};
+use super::schedule::{self, Decision, Last, Now, Situation};
 use super::{ModelState, Progress, ServiceError, Shared};
 use crate::answer::Source;
 use crate::config::Config;
-use crate::ingest::pipeline::Outcome;
-use crate::ingest::worker::{Hint, Tick, Worker};
-use crate::store::{Level, Store};
-use super::schedule::{self, Decision, Last, Now, Situation};
 use crate::cycle::{run_cycle_lending, CycleError, CycleEvent, CycleInputs, CycleOutcome};
 use crate::eval::suite::SuiteOptions;
+use crate::ingest::pipeline::Outcome;
+use crate::ingest::worker::{Hint, Tick, Worker};
 use crate::store::reviews::NewReview;
+use crate::store::{Level, Store};
 use crate::train::stop::StopWhen;
 use crate::train::{window_deadline, LocalTime, TrainError};
 
@@ -29,9 +29,19 @@ pub type Reply = Sender<Result<Value, String>>;
 /// What other threads ask of the writer. Every variant that changes state
 /// carries the client's uid, recorded with the change.
 pub enum Request {
-    RecordAnswer { answer: AnswerRecord, reply: Reply },
-    Promote { adapter: i64, uid: u32, reply: Reply },
-    Rollback { uid: u32, reply: Reply },
+    RecordAnswer {
+        answer: AnswerRecord,
+        reply: Reply,
+    },
+    Promote {
+        adapter: i64,
+        uid: u32,
+        reply: Reply,
+    },
+    Rollback {
+        uid: u32,
+        reply: Reply,
+    },
     Review {
         answer: i64,
         verdict: String,
@@ -41,11 +51,27 @@ pub enum Request {
         uid: u32,
         reply: Reply,
     },
-    TrainNow { steps: Option<usize>, uid: u32, reply: Reply },
-    Pause { uid: u32, reply: Reply },
-    Resume { uid: u32, reply: Reply },
-    IngestNow { uid: u32, reply: Reply },
-    Reload { uid: u32, reply: Reply },
+    TrainNow {
+        steps: Option<usize>,
+        uid: u32,
+        reply: Reply,
+    },
+    Pause {
+        uid: u32,
+        reply: Reply,
+    },
+    Resume {
+        uid: u32,
+        reply: Reply,
+    },
+    IngestNow {
+        uid: u32,
+        reply: Reply,
+    },
+    Reload {
+        uid: u32,
+        reply: Reply,
+    },
 }
 
 /// An answer generated on a client thread, to be recorded.
@@ -138,7 +164,9 @@ impl Loop {
             self.beat.status(&line);
             if !wait.is_zero() {
                 match self.rx.recv_timeout(wait) {
-                    Ok(req) => handle(self.worker.pipeline().store(), &self.shared, &mut self.ctl, req, false),
+                    Ok(req) => {
+                        handle(self.worker.pipeline().store(), &self.shared, &mut self.ctl, req, false)
+                    }
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
                 }
             }
@@ -205,9 +233,9 @@ impl Loop {
                 let msg = format!("{} {}", o.state.as_str(), o.path);
                 store.event(Level::Info, "ingest", &msg, serde_json::to_value(&o).ok()).map(|_| ())
             }
-            IngestStep::Failed(e) => {
-                store.event(Level::Error, "ingest", &format!("ingest step failed (retried later): {e}"), None).map(|_| ())
-            }
+            IngestStep::Failed(e) => store
+                .event(Level::Error, "ingest", &format!("ingest step failed (retried later): {e}"), None)
+                .map(|_| ()),
             IngestStep::Panicked { file, message } => {
                 let reason = format!("internal error while ingesting: {message}");
                 let mut r = Ok(());
@@ -230,7 +258,8 @@ impl Loop {
     /// look again, or at once after a request or new material.
     fn round_due(&mut self) -> Option<Turn> {
         let train_now = self.ctl.train_now.take();
-        if train_now.is_none() && (self.ctl.paused || self.ctl.next_look.is_some_and(|t| Instant::now() < t)) {
+        if train_now.is_none() && (self.ctl.paused || self.ctl.next_look.is_some_and(|t| Instant::now() < t))
+        {
             return None;
         }
         let cfg = self.shared.config();
@@ -262,7 +291,9 @@ impl Loop {
             return Some(Turn { steps, deadline: None, only_if_new: false });
         }
         match schedule::decide(&cfg, &situation) {
-            Decision::Start { deadline } | Decision::Resume { deadline } => Some(Turn { steps, deadline, only_if_new }),
+            Decision::Start { deadline } | Decision::Resume { deadline } => {
+                Some(Turn { steps, deadline, only_if_new })
+            }
             Decision::CatchUp { deadline, .. } => Some(Turn { steps, deadline: Some(deadline), only_if_new }),
             Decision::Wait { wait, .. } => {
                 self.ctl.next_look = Some(Instant::now() + wait.min(Duration::from_secs(60)));
@@ -284,10 +315,11 @@ impl Loop {
         let Loop { shared, rx, worker, beat, ctl } = self;
         let store = worker.pipeline().store();
         let now = Instant::now();
-        let window_ends = turn.deadline.filter(|_| window_deadline(LocalTime::now(), &cfg).is_some()).map(|d| {
-            let t = (LocalTime::now().secs_of_day as u64 + d.as_secs()) % 86_400;
-            format!("{:02}:{:02}", t / 3600, t % 3600 / 60)
-        });
+        let window_ends =
+            turn.deadline.filter(|_| window_deadline(LocalTime::now(), &cfg).is_some()).map(|d| {
+                let t = (LocalTime::now().secs_of_day as u64 + d.as_secs()) % 86_400;
+                format!("{:02}:{:02}", t / 3600, t % 3600 / 60)
+            });
         shared.halt.store(false, Ordering::Relaxed);
         let inputs = CycleInputs {
             config: &cfg,
@@ -347,11 +379,18 @@ impl Loop {
                         format!("adapter #{} {} by the gate: {}", g.adapter, out.word(), g.reasons.join("; "))
                     }
                     CycleOutcome::Paused { run_id, round } => {
-                        format!("run #{run_id} paused at step {}/{} (checkpointed)", round.steps_done, round.max_steps)
+                        format!(
+                            "run #{run_id} paused at step {}/{} (checkpointed)",
+                            round.steps_done, round.max_steps
+                        )
                     }
                     CycleOutcome::NothingNew => "nothing new to learn".into(),
                 };
-                let component = if matches!(out, CycleOutcome::Promoted(_) | CycleOutcome::Rejected(_)) { "gate" } else { "train" };
+                let component = if matches!(out, CycleOutcome::Promoted(_) | CycleOutcome::Rejected(_)) {
+                    "gate"
+                } else {
+                    "train"
+                };
                 store.event(Level::Info, component, &msg, serde_json::to_value(&out).ok())
             }
             Err(CycleError::Train(e)) if matches!(*e, TrainError::NoData) => {
@@ -424,18 +463,37 @@ fn handle(store: &mut Store, sh: &Shared, ctl: &mut Control, req: Request, in_ro
     let (reply, result) = match req {
         Request::RecordAnswer { answer: a, reply } => {
             let r = store
-                .record_answer(&a.question, &a.origin, a.adapter_id, &a.text, &a.sources, a.tokens, a.latency_ms)
+                .record_answer(
+                    &a.question,
+                    &a.origin,
+                    a.adapter_id,
+                    &a.text,
+                    &a.sources,
+                    a.tokens,
+                    a.latency_ms,
+                )
                 .map(|(q, a)| json!({"question_id": q, "answer_id": a}))
                 .map_err(|e| e.to_string());
             (reply, r)
         }
         Request::Promote { adapter, uid, reply } => {
             let why = json!({"manual": true, "uid": uid});
-            let r = crate::adapters::registry::promote(store, &sh.data, adapter, Some(&why), cfg.retention.keep_adapters)
-                .map_err(|e| e.to_string())
-                .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string()));
+            let r = crate::adapters::registry::promote(
+                store,
+                &sh.data,
+                adapter,
+                Some(&why),
+                cfg.retention.keep_adapters,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string()));
             if r.is_ok() {
-                let _ = store.event(Level::Info, "adapters", &format!("adapter #{adapter} promoted by uid {uid}"), by(uid));
+                let _ = store.event(
+                    Level::Info,
+                    "adapters",
+                    &format!("adapter #{adapter} promoted by uid {uid}"),
+                    by(uid),
+                );
             }
             (reply, r)
         }

@@ -18,11 +18,11 @@ pub mod adapters;
 mod answers;
 pub mod evals;
 mod events;
-mod service;
 pub mod ingest;
 mod models;
 pub mod queue;
 pub mod reviews;
+mod service;
 mod status;
 mod train;
 
