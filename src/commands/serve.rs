@@ -1,6 +1,6 @@
 //! `warsha serve`, and the CLI's side of the service socket: when a
 //! service answers on the data dir's socket, `ask`, `status`, `train`,
-//! `adapters promote|rollback` and `ingest` (no PATH) go through it instead
+//! `adapters promote|rollback`, `review` and `ingest` (no PATH) go through it instead
 //! of opening the data dir themselves.
 
 use std::io::Write;
