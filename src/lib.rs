@@ -18,6 +18,8 @@ pub mod data_dir;
 pub mod demo_assets;
 pub mod eval;
 pub mod ingest;
+pub mod install;
+pub(crate) mod kernels;
 pub mod model;
 pub mod store;
 pub mod sys;
