@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The header every kernel includes (`#include "cuda_common.cuh"`), found through `-I`.
+const INCLUDE_DIR: &str = "src/kernels/cuda";
+
 const KERNELS: &[&str] = &[
-    "src/model/cuda_dequant.cu",
-    "src/model/cuda_dropout.cu",
-    "src/model/cuda_attn.cu",
-    "src/model/cuda_fused.cu",
-    "src/train/cuda_adamw.cu",
+    "src/model/weights/cuda_dequant.cu",
+    "src/kernels/cuda/cuda_dropout.cu",
+    "src/train/ops/cuda_attn.cu",
+    "src/train/ops/cuda_fused.cu",
+    "src/kernels/cuda/cuda_adamw.cu",
 ];
 
 fn main() {
@@ -29,13 +32,21 @@ fn main() {
             println!("cargo::warning=CUDA_COMPUTE_CAP not set: building the crate's kernels for compute 7.5");
             75
         });
-    println!("cargo::rerun-if-changed=src/model/cuda_common.cuh");
+    println!("cargo::rerun-if-changed={INCLUDE_DIR}/cuda_common.cuh");
     for src in KERNELS {
         println!("cargo::rerun-if-changed={src}");
         let stem = PathBuf::from(src).file_stem().and_then(|s| s.to_str()).unwrap_or("kernel").to_string();
         let ptx = out_dir.join(format!("{stem}.ptx"));
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17", &format!("--gpu-architecture=compute_{cap}"), "-o"])
+            .args([
+                "--ptx",
+                "-O3",
+                "-std=c++17",
+                &format!("--gpu-architecture=compute_{cap}"),
+                "-I",
+                INCLUDE_DIR,
+                "-o",
+            ])
             .arg(&ptx)
             .arg(src)
             .status();

@@ -19,6 +19,8 @@ pub mod data_dir;
 pub mod demo_assets;
 pub mod eval;
 pub mod ingest;
+pub mod install;
+pub(crate) mod kernels;
 pub mod model;
 pub mod service;
 pub mod store;

@@ -141,7 +141,7 @@ fn cpu_secs() -> f64 {
 #[test]
 fn teacher_forced_logprobs_equal_the_generation_path() {
     use candle_core::{DType, D};
-    use warsha::model::loss::Batch;
+    use warsha::model::Batch;
     let Some(path) = model_path() else { return };
     let base = Base::load(&path, &LoadOptions::default()).unwrap();
     let rows: [&[u32]; 2] =

@@ -151,7 +151,7 @@ fn read_model_config(path: &Path) -> Result<ModelConfig> {
 /// sha256 of a model file (or of a directory's config.json, for safetensors dirs).
 fn sha256_of(path: &Path) -> Result<String> {
     let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-    Ok(crate::model::load::sha256_file(&file)?)
+    Ok(crate::model::sha256_file(&file)?)
 }
 
 fn list(ctx: &Ctx, json_out: bool) -> Result<()> {

@@ -155,24 +155,24 @@ pub fn run(ctx: &Ctx, a: BenchTrainArgs) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn start_device_sampler(dev: &candle_core::Device) -> Option<crate::model::cuda_mem::PeakSampler> {
+fn start_device_sampler(dev: &candle_core::Device) -> Option<crate::kernels::cuda::cuda_mem::PeakSampler> {
     match dev {
         candle_core::Device::Cuda(c) => {
-            crate::model::cuda_mem::PeakSampler::start(c, std::time::Duration::from_millis(5)).ok()
+            crate::kernels::cuda::cuda_mem::PeakSampler::start(c, std::time::Duration::from_millis(5)).ok()
         }
         _ => None,
     }
 }
 
 #[cfg(feature = "cuda")]
-fn finish_device_sampler(s: Option<crate::model::cuda_mem::PeakSampler>) -> Option<f64> {
+fn finish_device_sampler(s: Option<crate::kernels::cuda::cuda_mem::PeakSampler>) -> Option<f64> {
     s.map(|s| s.finish().best_mib())
 }
 
 /// The allocator pool's policy and high-water marks over the run (live tensors, mapped).
 #[cfg(feature = "cuda")]
 fn pool_figures(dev: &candle_core::Device) -> Option<serde_json::Value> {
-    use crate::model::cuda_mem;
+    use crate::kernels::cuda::cuda_mem;
     let candle_core::Device::Cuda(c) = dev else { return None };
     let s = cuda_mem::pool_highs(c);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);

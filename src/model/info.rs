@@ -12,8 +12,8 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::chat::ChatTemplate;
-use super::tokenizer::Tok;
+use crate::model::tokenizer::chat::ChatTemplate;
+use crate::model::tokenizer::Tok;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InfoError {

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use super::config::ModelConfig;
-use super::error::{ModelError, Result};
-use super::lora_op::{lora_branch, Dropout};
+use crate::model::config::ModelConfig;
+use crate::model::error::{ModelError, Result};
+use crate::model::lora_op::{lora_branch, Dropout};
 
 /// A projection inside a decoder layer that an adapter can wrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

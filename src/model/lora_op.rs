@@ -11,10 +11,12 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor};
 
-use super::custom_op::{cpu_storage_of, cuda_storage_of, tensor_of};
-use super::error::Result;
+use crate::kernels::custom_op::{cpu_storage_of, cuda_storage_of, tensor_of};
+use crate::model::error::Result;
 
 /// Inverted-dropout settings of one branch application.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +31,9 @@ pub struct Dropout {
 pub fn dropout_mask(dev: &Device, shape: (usize, usize), d: Dropout) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if dev.is_cuda() {
-        return Ok(super::cuda_dropout::mask(dev, shape, d.seed, d.keep)?);
+        return Ok(crate::kernels::cuda::cuda_dropout::mask(dev, shape, d.seed, d.keep)?);
     }
-    let mask = super::cpu_train::DropMask { seed: d.seed, keep: d.keep as f32 };
+    let mask = DropMask { seed: d.seed, keep: d.keep as f32 };
     let inv = 1.0 / mask.keep;
     let m: Vec<f32> = (0..shape.0 * shape.1).map(|i| if mask.kept(i) { inv } else { 0.0 }).collect();
     Ok(Tensor::from_vec(m, shape, dev)?)
@@ -55,7 +57,7 @@ struct LoraBranch {
     dropout: Option<Dropout>,
 }
 
-fn to_candle(e: super::error::ModelError) -> candle_core::Error {
+fn to_candle(e: crate::model::error::ModelError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
@@ -147,6 +149,51 @@ impl CustomOp3 for LoraBranch {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [gx, ga, gb] = self.backward(&x.detach(), &a.detach(), &b.detach(), &grad.detach())?;
         Ok((Some(gx), Some(ga), Some(gb)))
+    }
+}
+
+/// Inverted dropout whose mask is a hash of (seed, element index): the same mask on every
+/// recomputation, with no generator state to carry. One 64-bit hash decides four elements
+/// (16 bits each, so a keep probability is honoured to 1/65,536).
+#[derive(Debug, Clone, Copy)]
+pub struct DropMask {
+    pub seed: u64,
+    pub keep: f32,
+}
+
+impl DropMask {
+    #[inline(always)]
+    fn hash(&self, group: usize) -> u64 {
+        let mut z = self.seed.wrapping_add((group as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    #[inline(always)]
+    fn threshold(&self) -> u64 {
+        (f64::from(self.keep) * 65_536.0).round() as u64
+    }
+
+    #[inline]
+    pub fn kept(&self, i: usize) -> bool {
+        (self.hash(i / 4) >> (16 * (i % 4))) & 0xFFFF < self.threshold()
+    }
+
+    /// The keep decisions of elements `0..n` as bytes (1 kept, 0 dropped), one hash per four.
+    pub fn bytes(&self, n: usize) -> Vec<u8> {
+        let thr = self.threshold();
+        let mut m = vec![0u8; n];
+        m.par_chunks_mut(16_384).enumerate().for_each(|(c, ms)| {
+            let g0 = c * 16_384 / 4;
+            for (g, quad) in ms.chunks_mut(4).enumerate() {
+                let z = self.hash(g0 + g);
+                for (l, b) in quad.iter_mut().enumerate() {
+                    *b = u8::from((z >> (16 * l)) & 0xFFFF < thr);
+                }
+            }
+        });
+        m
     }
 }
 

@@ -1,49 +1,31 @@
-//! The model core: configuration, the qwen2/llama decoder over frozen quantized
-//! weights, LoRA adapters, loading (GGUF, safetensors), training loss and scoring;
-//! tokenizing, chat templates, text generation, and installing models into the data dir.
+//! The model core: the [`Base`] model over frozen quantized weights (qwen2/llama
+//! decoder and its inference forward), configuration, weights and their loading
+//! (GGUF, safetensors, NF4), LoRA adapters, the tokenizer and chat templates, and
+//! text generation.
+//!
+//! It knows nothing of SQLite, the data dir or the drop folder, and nothing of the
+//! training loop: the training passes over a `Base` live in `train::ops` (autograd
+//! graph) and `train::cpu` (graph-free CPU path); the kernels it calls live in
+//! `kernels/`.
 
-pub mod attention;
-pub mod chat;
+pub(crate) mod base;
+pub(crate) mod batch;
 pub mod config;
-pub(crate) mod cpu_train;
-#[cfg(feature = "cuda")]
-pub mod cuda_attn;
-#[cfg(feature = "cuda")]
-pub mod cuda_dequant;
-#[cfg(feature = "cuda")]
-pub mod cuda_dropout;
-#[cfg(feature = "cuda")]
-mod cuda_fused;
-#[cfg(feature = "cuda")]
-mod cuda_kernel;
-#[cfg(feature = "cuda")]
-pub mod cuda_mem;
-mod custom_op;
-pub mod decoder;
 pub mod error;
-pub mod fetch;
-pub mod fused_ce;
 pub mod generate;
 pub mod info;
-pub mod load;
-pub mod lora;
-pub mod lora_op;
-pub mod loss;
-pub mod nf4;
-mod norm_op;
+pub(crate) mod lora;
+pub(crate) mod lora_op;
 pub mod phases;
-pub mod qlinear;
-#[cfg(target_arch = "x86_64")]
-mod qmm_cpu;
-mod rope_op;
-pub mod sampling;
-mod swiglu_op;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tokenizer;
+pub(crate) mod weights;
 
+pub use base::{Base, KvCache, Layer, LoadOptions, QuantKind};
+pub use batch::{Batch, LossOut, TrainOptions, DEFAULT_CE_CHUNK};
 pub use config::{Arch, ModelConfig};
-pub use decoder::{Base, KvCache, LoadOptions, QuantKind};
 pub use error::{ModelError, Result};
+pub use generate::sampling;
 pub use lora::{Adapter, LoraConfig, Target};
-pub use loss::{Batch, LossOut, TrainOptions};
+pub use weights::load::sha256_file;

@@ -37,7 +37,7 @@ fn pool_mark(dev: &Device, phase: &'static str) {
     if !pool_enabled() {
         return;
     }
-    let s = super::cuda_mem::take_pool_highs(d);
+    let s = crate::kernels::cuda::cuda_mem::take_pool_highs(d);
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         match p.iter_mut().find(|e| e.0 == phase) {

@@ -10,8 +10,8 @@
 use candle_core::DType;
 
 use super::TrainError;
-use crate::model::decoder::Layer;
-use crate::model::qlinear::{FrozenLinear, FrozenWeight};
+use crate::model::base::Layer;
+use crate::model::weights::qlinear::{FrozenLinear, FrozenWeight};
 use crate::model::Base;
 
 /// Bytes a dense copy of every projection and the lm_head takes in `dtype`.

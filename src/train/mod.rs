@@ -8,11 +8,11 @@
 //! demo and the service share.
 
 pub mod checkpoint;
-#[cfg(feature = "cuda")]
-mod cuda_adamw;
+pub(crate) mod cpu;
 pub mod dataset;
 pub mod dense;
 pub mod device;
+pub(crate) mod ops;
 pub mod optim;
 pub mod plan;
 pub mod round;

@@ -98,7 +98,7 @@ impl AdamW {
             let g = g.to_dtype(DType::F32)?;
             #[cfg(feature = "cuda")]
             if g.device().is_cuda() {
-                let c = super::cuda_adamw::Coeffs {
+                let c = crate::kernels::cuda::cuda_adamw::Coeffs {
                     beta1: p.beta1 as f32,
                     beta2: p.beta2 as f32,
                     inv_bc2: (1.0 / bc2) as f32,
@@ -106,7 +106,7 @@ impl AdamW {
                     lr_hat: lr_hat as f32,
                     decay: if p.weight_decay != 0.0 { decay as f32 } else { 1.0 },
                 };
-                super::cuda_adamw::update_in_place(
+                crate::kernels::cuda::cuda_adamw::update_in_place(
                     slot.var.as_tensor(),
                     &g.contiguous()?,
                     &slot.m,

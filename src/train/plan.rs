@@ -142,7 +142,7 @@ const CUDA_HEAD_SLICE_BYTES: f64 = (64 * MIB) as f64;
 const CPU_BACKWARD_HIDDEN: f64 = 6.0;
 const CPU_BACKWARD_INTER: f64 = 4.0;
 
-/// [`estimate`] for the CPU training path (`model::cpu_train`), which holds plain buffers
+/// [`estimate`] for the CPU training path (`train::cpu`), which holds plain buffers
 /// rather than a graph: per block and token it keeps the two norms' outputs and inverse
 /// RMS, q, k, v after rotation, the attention output and its log-sum-exp, the residual
 /// after attention, gate and up, and each adapted projection's rank-r product and dropout
@@ -171,10 +171,11 @@ fn estimate_cpu(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     // expanded slice of the table).
     let chunk = inp.ce_chunk.min(shape.seq_len) as f64 * shape.micro_batch as f64;
     let logits = if dense {
-        let rows = crate::model::cpu_train::head::chunk_rows(d.vocab).min(shape.micro_batch * shape.seq_len);
+        let rows = crate::train::cpu::head::chunk_rows(d.vocab).min(shape.micro_batch * shape.seq_len);
         rows as f64 * d.vocab as f64 * 4.0 + 3.0 * tokens * h * 4.0
     } else {
-        LOGIT_COPIES * chunk * d.vocab as f64 * 4.0 + (crate::model::qlinear::BWD_SLICE_ELEMS * 4) as f64
+        LOGIT_COPIES * chunk * d.vocab as f64 * 4.0
+            + (crate::model::weights::qlinear::BWD_SLICE_ELEMS * 4) as f64
     };
     let weights = inp.weight_bytes + if dense { inp.dense_bytes } else { 0 };
     let lora = inp.lora_params * 4 * 5;
@@ -206,7 +207,7 @@ pub fn estimate(inp: &PlanInput, shape: &Shape, dense: bool) -> Estimate {
     let seq = shape.seq_len as f64;
     let rows = shape.micro_batch as f64;
     // One attention tile at a time, plus the (t, t) additive mask table.
-    let tile = (rows * d.heads as f64 * seq * seq).min(crate::model::attention::TILE_ELEMS as f64);
+    let tile = (rows * d.heads as f64 * seq * seq).min(crate::train::ops::attention::TILE_ELEMS as f64);
     let attention = (TILE_COPIES * tile + rows * seq * seq) * 4.0;
     let block = tokens * per_token * inp.act_bytes as f64 + attention;
     let inputs = tokens * d.hidden as f64 * inp.act_bytes as f64 * d.layers as f64;

@@ -203,7 +203,7 @@ pub fn plan_input(base: &Base, lora: &LoraConfig, host_data_bytes: u64) -> PlanI
         rank: lora.rank,
         targets_per_block: lora.targets.len(),
         act_bytes: base.dtype().size_in_bytes(),
-        ce_chunk: crate::model::loss::DEFAULT_CE_CHUNK,
+        ce_chunk: crate::model::DEFAULT_CE_CHUNK,
         host_data_bytes,
     }
 }
@@ -507,7 +507,7 @@ pub fn save_adapter(adapter: &Adapter, dir: &Path, base_model: &str) -> Result<(
     });
     let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
     checkpoint::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())?;
-    let sha = crate::model::load::sha256_file(&weights).map_err(TrainError::from_model)?;
+    let sha = crate::model::sha256_file(&weights).map_err(TrainError::from_model)?;
     let bytes = std::fs::metadata(&weights)
         .map(|m| m.len())
         .map_err(|source| TrainError::Io { path: weights, source })?;

@@ -19,7 +19,7 @@ use super::plan;
 use super::scaler::LossScaler;
 use super::schedule::Schedule;
 use super::TrainError;
-use crate::model::loss::DEFAULT_CE_CHUNK;
+use crate::model::DEFAULT_CE_CHUNK;
 use crate::model::{phases, Adapter, Base, Batch, TrainOptions};
 
 /// Figures of one optimizer step.
