@@ -14,7 +14,24 @@ pub fn run(ctx: &Ctx, out: JsonFlag) -> Result<()> {
     }
     let db = ctx.data.db();
     if !db.exists() {
-        bail!("no database at {} yet (the service or `warsha ingest` creates it)", db.display());
+        // A fresh box: nothing recorded yet is a state to report, not an error.
+        let model = ctx.config.model_path().map(|p| p.display().to_string());
+        if out.json {
+            let v = serde_json::json!({
+                "data_dir": ctx.data.root().display().to_string(),
+                "database": null,
+                "schema_version": null,
+                "model": model,
+                "active_adapter": null,
+                "counts": {},
+            });
+            println!("{v}");
+        } else {
+            println!("data dir        {}", ctx.data.root().display());
+            println!("database        none yet (the service or `warsha ingest` creates it)");
+            println!("model           {}", model.as_deref().unwrap_or("none configured ([model] path)"));
+        }
+        return Ok(());
     }
     let store = Store::open_read_only(&db)?;
     let found = store.schema_version()?;
@@ -24,7 +41,7 @@ pub fn run(ctx: &Ctx, out: JsonFlag) -> Result<()> {
     }
     if found < known {
         bail!(
-            "the database at {} has schema v{found}; this warsha uses v{known} and migrates it on its next write              (the service at start, or any write command); status does not",
+            "the database at {} has schema v{found}; this warsha uses v{known} and migrates it on its next write (the service at start, or any write command); status does not",
             db.display()
         );
     }

@@ -204,7 +204,7 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(&db).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), super::super::schema_version_latest());
         let rows = s.evals().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].placement, None);
