@@ -1,6 +1,6 @@
 //! Training rounds through the real binary on SmolLM2-135M (GGUF Q4_1) and a
-//! small data dir: a round registers a candidate adapter in PEFT layout with
-//! its metrics; `kill -9` mid-round then `--resume` reproduces the
+//! small data dir: a round registers an adapter in PEFT layout with its
+//! metrics and gates it; `kill -9` mid-round then `--resume` reproduces the
 //! uninterrupted run's losses; SIGTERM pauses at a checkpoint and the paused
 //! run resumes to the end. The GGUF comes from `WARSHA_TEST_GGUF` (default
 //! under /work/models); without it the tests say so and pass.
@@ -64,6 +64,16 @@ fn data_dir(model: &Path, steps: usize) -> (tempfile::TempDir, PathBuf) {
     })()
     .unwrap();
     tx.commit().unwrap();
+    // A two-question eval set keeps the gate each round ends with quick.
+    std::fs::create_dir_all(dir.path().join("eval")).unwrap();
+    std::fs::write(
+        dir.path().join("eval/small.jsonl"),
+        "{\"id\": \"1\", \"task\": \"choice\", \"question\": \"What is the maximum pressure of press P-12?\", \
+         \"answer\": \"210 bar\", \"choices\": [\"8 bar\", \"210 bar\"], \"lang\": \"en\"}\n\
+         {\"id\": \"2\", \"task\": \"qa\", \"question\": \"How much coolant does lathe L-7 hold?\", \
+         \"answer\": \"60 litres\", \"lang\": \"en\"}\n",
+    )
+    .unwrap();
     let cfg = dir.path().join("warsha.toml");
     std::fs::write(
         &cfg,
@@ -138,7 +148,8 @@ fn kill_minus_nine_then_resume_matches_the_uninterrupted_run() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!(state, "candidate");
+    // `train` ends with the gate: promoted or rejected, never left a candidate.
+    assert!(state == "active" || state == "rejected", "{state}");
     let adir = a.path().join(path);
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(adir.join("adapter_config.json")).unwrap()).unwrap();
