@@ -115,18 +115,9 @@ impl Base {
         opts: &crate::model::base::LoadOptions,
         files: Vec<(PathBuf, String)>,
     ) -> Result<Self> {
-        let inv = config.inv_freq();
-        let half = inv.len();
+        let half = config.head_dim / 2;
         let maxp = config.max_position;
-        let mut c = Vec::with_capacity(maxp * half);
-        let mut s = Vec::with_capacity(maxp * half);
-        for p in 0..maxp {
-            for f in &inv {
-                let a = p as f64 * f;
-                c.push(a.cos() as f32);
-                s.push(a.sin() as f32);
-            }
-        }
+        let (c, s) = config.rope_tables(None);
         let cos = Tensor::from_vec(c, (maxp, half), &opts.device)?.to_dtype(opts.dtype)?;
         let sin = Tensor::from_vec(s, (maxp, half), &opts.device)?.to_dtype(opts.dtype)?;
         let lm_head = lm_head.unwrap_or_else(|| FrozenLinear::from_arc(embed.clone(), None));

@@ -305,6 +305,26 @@ impl ModelConfig {
         cfg.validate(path)
     }
 
+    /// The RoPE tables every path rotates by: (max_position, head_dim/2) row-major cos and
+    /// sin of `position · inv_freq`, each frequency divided by its entry of `factors` when
+    /// given (Llama 3 GGUF `rope_freqs`; the caller checks the length).
+    pub fn rope_tables(&self, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+        let inv = self.inv_freq();
+        let maxp = self.max_position;
+        let (mut c, mut s) = (Vec::with_capacity(maxp * inv.len()), Vec::with_capacity(maxp * inv.len()));
+        for p in 0..maxp {
+            for (i, f) in inv.iter().enumerate() {
+                let a = match factors {
+                    Some(d) => p as f64 * f / d[i] as f64,
+                    None => p as f64 * f,
+                };
+                c.push(a.cos() as f32);
+                s.push(a.sin() as f32);
+            }
+        }
+        (c, s)
+    }
+
     /// Inverse RoPE frequencies (head_dim / 2 of them), with Llama 3 rescaling applied.
     pub fn inv_freq(&self) -> Vec<f64> {
         let d = self.head_dim;

@@ -215,14 +215,7 @@ impl Base {
             )));
         }
         let maxp = self.config.max_position;
-        let (mut c, mut s) = (Vec::with_capacity(maxp * inv.len()), Vec::with_capacity(maxp * inv.len()));
-        for p in 0..maxp {
-            for (f, d) in inv.iter().zip(factors) {
-                let a = p as f64 * f / *d as f64;
-                c.push(a.cos() as f32);
-                s.push(a.sin() as f32);
-            }
-        }
+        let (c, s) = self.config.rope_tables(Some(factors));
         self.cos = Tensor::from_vec(c, (maxp, inv.len()), &self.device)?.to_dtype(self.dtype)?;
         self.sin = Tensor::from_vec(s, (maxp, inv.len()), &self.device)?.to_dtype(self.dtype)?;
         Ok(())

@@ -25,12 +25,12 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::model::base::Base;
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::lora::Adapter;
 use crate::model::phases;
 use crate::model::weights::qlinear::{for_each_dense_slice, FrozenWeight, BWD_SLICE_ELEMS};
 use crate::model::{Batch, LossOut, TrainOptions};
-use crate::train::ops::attention::segment_starts;
+use crate::train::ops::attention::{segment_positions, segment_starts};
 use block::Pass;
 
 /// Calls `f` with the tensor's values as a contiguous f32 slice, borrowed when the tensor
@@ -91,12 +91,7 @@ impl Geometry {
             None => vec![0; b * t],
         };
         let seg_start = segment_starts(&seg, b, t)?;
-        let pos: Vec<u32> = (0..b * t).map(|p| (p % t - seg_start[p]) as u32).collect();
-        if let Some(&m) = pos.iter().max() {
-            if m as usize >= base.config.max_position {
-                return Err(ModelError::Input(format!("position {m} exceeds the model's maximum")));
-            }
-        }
+        let pos = segment_positions(&seg_start, t, base.config.max_position)?;
         Ok(Self { b, t, pos, seg_start })
     }
 }

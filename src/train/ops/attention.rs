@@ -45,6 +45,19 @@ pub fn segment_starts(seg: &[u32], b: usize, t: usize) -> Result<Vec<usize>> {
     Ok(starts)
 }
 
+/// Each position's index within its segment (RoPE restarts at 0 in each packed document),
+/// row-major (b·t) from [`segment_starts`]; an error where one reaches `max_position`. The
+/// rule both training paths use.
+pub fn segment_positions(seg_start: &[usize], t: usize, max_position: usize) -> Result<Vec<u32>> {
+    let pos: Vec<u32> = (0..seg_start.len()).map(|p| (p % t - seg_start[p]) as u32).collect();
+    if let Some(&m) = pos.iter().max() {
+        if m as usize >= max_position {
+            return Err(ModelError::Input(format!("position {m} exceeds the model's maximum")));
+        }
+    }
+    Ok(pos)
+}
+
 /// Which keys each query may see: causal within its segment, nothing across segments.
 #[derive(Debug, Clone)]
 pub struct AttnMask {
@@ -74,8 +87,8 @@ impl AttnMask {
     }
 
     /// Position of each token within its segment (restarts at 0), row-major (b·t).
-    pub fn positions(&self) -> Vec<u32> {
-        (0..self.b * self.t).map(|p| (p % self.t - self.seg_start[p]) as u32).collect()
+    pub fn positions(&self, max_position: usize) -> Result<Vec<u32>> {
+        segment_positions(&self.seg_start, self.t, max_position)
     }
 
     /// The additive mask (b, 1, t, t) f32, for reference computations.
@@ -459,7 +472,7 @@ mod tests {
     fn segment_positions_restart_and_never_see_an_earlier_run() {
         let seg = [4u32, 4, 4, 5, 5, 4, 4];
         let m = AttnMask::from_segments(&seg, 1, 7, &Device::Cpu).unwrap();
-        assert_eq!(m.positions(), vec![0, 1, 2, 0, 1, 0, 1]);
+        assert_eq!(m.positions(usize::MAX).unwrap(), vec![0, 1, 2, 0, 1, 0, 1]);
         let bias: Vec<Vec<f32>> = m.bias().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
         assert_eq!(bias[6][5], 0.0);
         assert_eq!(bias[6][6], 0.0);

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attention, AttnMask};
-use crate::model::error::{ModelError, Result};
+use crate::model::error::Result;
 use crate::model::phases;
 use crate::model::{Adapter, Base, Target};
 
@@ -38,12 +38,7 @@ impl Base {
             None => vec![0; b * t],
         };
         let mask = AttnMask::from_segments(&seg, b, t, &self.device)?;
-        let pos = mask.positions();
-        if let Some(&m) = pos.iter().max() {
-            if m as usize >= self.config.max_position {
-                return Err(ModelError::Input(format!("position {m} exceeds the model's maximum")));
-            }
-        }
+        let pos = mask.positions(self.config.max_position)?;
         let pos = Tensor::from_vec(pos, b * t, &self.device)?;
         let full = |tab: &Tensor| -> Result<Tensor> {
             let f = Tensor::cat(&[tab, tab], 1)?;
