@@ -111,7 +111,7 @@ fn start_until(dir: &Path, cfg: &Path, extra: &[&str], min_step: u64) -> std::pr
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if v["event"] == "step" && v["step"]["step"].as_u64().unwrap() >= min_step {
+        if v["event"] == "step" && v["report"]["step"].as_u64().unwrap() >= min_step {
             // Keep draining so the child never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
             return child;
