@@ -72,19 +72,22 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
-                let details: Option<String> = r.get(5)?;
-                Ok(Event {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    level: r.get(2)?,
-                    component: r.get(3)?,
-                    message: r.get(4)?,
-                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
-                })
-            })
+            .query_map([limit as i64], event_row)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
+}
+
+/// One `events` row (id, at, level, component, message, details) as an [`Event`].
+pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let details: Option<String> = r.get(5)?;
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        level: r.get(2)?,
+        component: r.get(3)?,
+        message: r.get(4)?,
+        details: details.and_then(|d| serde_json::from_str(&d).ok()),
+    })
 }

@@ -19,17 +19,7 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([after, limit as i64], |r| {
-                let details: Option<String> = r.get(5)?;
-                Ok(Event {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    level: r.get(2)?,
-                    component: r.get(3)?,
-                    message: r.get(4)?,
-                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
-                })
-            })
+            .query_map([after, limit as i64], super::events::event_row)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
