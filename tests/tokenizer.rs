@@ -98,6 +98,15 @@ fn chat_sample_mask_covers_exactly_the_answer_and_end_of_turn() {
     let Some(path) = gguf() else { return };
     let tok = Tok::for_model(&path).unwrap();
     assert_eq!(tok.template().kind(), "chatml");
+    // Prompts are laid out by the model's own Jinja template, and give the
+    // same ids as the ChatML layout for this model.
+    assert!(tok.uses_own_template());
+    for (system, user) in
+        [(None, "كم ضغط الصمام V-12؟"), (Some("Answer from the sources."), "What is IM-07?")]
+    {
+        let layout = tok.template().render(system, user).unwrap();
+        assert_eq!(tok.chat_prompt(system, user).unwrap(), tok.encode(&layout, tok.add_bos()).unwrap());
+    }
     let answer = "Close valve V-12, then open the bleed screw.";
     let (ids, mask) = tok.chat_sample(None, "How do I bleed the pump?", answer).unwrap();
     assert_eq!(ids.len(), mask.len());

@@ -1,8 +1,13 @@
 //! Chat templates: how a system prompt, a user message and an answer are laid
-//! out as text for a given model family. The Jinja source shipped with a model
-//! (`tokenizer.chat_template` in GGUF, `chat_template` in tokenizer_config.json)
-//! is only read to recognise the family and its default system prompt; the
-//! layouts themselves are written out here, so no template engine runs.
+//! out as text for a model. The model's own Jinja source (`tokenizer.chat_template`
+//! in GGUF, `chat_template` in tokenizer_config.json) is rendered with
+//! minijinja ([`ModelTemplate`]), so training and serving lay prompts out
+//! exactly as the model was tuned. The family layouts written out here
+//! ([`ChatTemplate`]) name the end-of-turn token, and lay the prompt out when a
+//! model ships no template or one that does not render; the tests hold the two
+//! to the same text for the families we know.
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 
 use crate::model::tokenizer::{Result, TokError};
 
@@ -96,6 +101,73 @@ impl ChatTemplate {
     }
 }
 
+/// A model's own chat template, compiled once.
+pub struct ModelTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+/// The template's name inside its environment.
+const NAME: &str = "chat";
+
+impl ModelTemplate {
+    /// Compile `source` and render one probe conversation, so a template that
+    /// cannot lay out a plain question is refused here, at load, not at the
+    /// first question.
+    pub fn compile(source: &str, bos: Option<&str>, eos: Option<&str>) -> Result<Self> {
+        let mut env = Environment::new();
+        // The settings templates are written for (Hugging Face's renderer).
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        // Python string methods (`.strip()`, `.startswith()`) that templates call.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned(NAME, source.to_string()).map_err(template_error)?;
+        let t =
+            Self { env, bos: bos.unwrap_or_default().to_string(), eos: eos.unwrap_or_default().to_string() };
+        let probe = "\u{2063}probe\u{2063}";
+        let text = t.render(None, probe)?;
+        if !text.contains(probe) {
+            return Err(TokError::Template {
+                reason: "the rendered prompt leaves out the user's message".into(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Text of a one-question conversation up to where the answer begins.
+    pub fn render(&self, system: Option<&str>, user: &str) -> Result<String> {
+        if user.trim().is_empty() {
+            return Err(TokError::EmptyMessage);
+        }
+        let mut messages = Vec::with_capacity(2);
+        if let Some(sys) = system {
+            messages.push(context! { role => "system", content => sys });
+        }
+        messages.push(context! { role => "user", content => user });
+        let tpl = self.env.get_template(NAME).map_err(template_error)?;
+        tpl.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+        })
+        .map_err(template_error)
+    }
+
+    /// The text of the BOS token the template may write itself.
+    pub fn bos_text(&self) -> &str {
+        &self.bos
+    }
+}
+
+fn template_error(e: JinjaError) -> TokError {
+    TokError::Template { reason: e.to_string() }
+}
+
 /// The literal system text a ChatML template inserts when none is given:
 /// the first `<|im_start|>system\n…<|im_end|>` whose body is plain text rather
 /// than an expression.
@@ -155,6 +227,42 @@ mod tests {
                 )
             }
         );
+    }
+
+    /// The model's template and the family layout give the same text.
+    fn same_as_layout(src: &str, arch: &str, bos: Option<&str>, eos: Option<&str>) {
+        let layout = ChatTemplate::detect(Some(src), Some(arch));
+        let jinja = ModelTemplate::compile(src, bos, eos).unwrap();
+        for system in [None, Some("Answer from the sources.")] {
+            for user in ["hi", "كم ضغط الصمام V-12؟"] {
+                let mut text = jinja.render(system, user).unwrap();
+                if let Some(b) = bos {
+                    text = text.strip_prefix(b).unwrap_or(&text).to_string();
+                }
+                assert_eq!(text, layout.render(system, user).unwrap(), "{arch} {system:?} {user}");
+            }
+        }
+    }
+
+    #[test]
+    fn model_templates_render_as_their_family_layouts() {
+        same_as_layout(SMOLLM2, "llama", None, Some("<|im_end|>"));
+        let qwen = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role != 'system' %}{{- '<|im_start|>' + message.role + '\\n' + message.content.strip() + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+        same_as_layout(qwen, "qwen2", None, Some("<|im_end|>"));
+        let l3 = "{{- bos_token }}{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
+        same_as_layout(l3, "llama", Some("<|begin_of_text|>"), Some("<|eot_id|>"));
+        let z = "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<|user|>\n' + m['content'] + eos_token + '\n' }}{% elif m['role'] == 'system' %}{{ '<|system|>\n' + m['content'] + eos_token + '\n' }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}";
+        same_as_layout(z, "llama", Some("<s>"), Some("</s>"));
+    }
+
+    #[test]
+    fn templates_that_cannot_lay_out_a_question_are_refused() {
+        let raises = "{{ raise_exception('Conversation roles must alternate') }}";
+        let e = ModelTemplate::compile(raises, None, None).err().unwrap();
+        assert!(e.to_string().contains("roles must alternate"), "{e}");
+        let drops_user = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        assert!(ModelTemplate::compile(drops_user, None, None).is_err());
+        assert!(ModelTemplate::compile("{% for %}", None, None).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiter
 pub mod chat;
 
 use crate::model::info::{GgufMeta, InfoError};
-use chat::ChatTemplate;
+use chat::{ChatTemplate, ModelTemplate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokError {
@@ -40,6 +40,8 @@ pub enum TokError {
     EmptyMessage,
     #[error("chat template `{template}` needs the token {token:?}, which this vocabulary lacks")]
     MissingToken { template: &'static str, token: String },
+    #[error("the model's chat template: {reason}")]
+    Template { reason: String },
 }
 
 pub type Result<T, E = TokError> = std::result::Result<T, E>;
@@ -85,6 +87,9 @@ pub struct Tok {
     add_bos: bool,
     add_eos: bool,
     template: ChatTemplate,
+    /// The model's own template, when it ships one that renders; prompts are
+    /// laid out by it, and by `template` otherwise.
+    jinja: Option<ModelTemplate>,
     /// Raw bytes of every id for byte-level vocabularies (None otherwise).
     pieces: Option<Vec<Vec<u8>>>,
     special: HashSet<u32>,
@@ -98,6 +103,7 @@ impl std::fmt::Debug for Tok {
             .field("bos", &self.bos)
             .field("stop", &self.stop)
             .field("template", &self.template.kind())
+            .field("own_template", &self.jinja.is_some())
             .finish()
     }
 }
@@ -188,6 +194,16 @@ impl Tok {
             _ => None,
         };
         let add_bos = sp.add_bos.unwrap_or(false) && sp.bos.is_some();
+        let text_of = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i));
+        let jinja = sp.template.as_deref().and_then(|src| {
+            let bos = text_of(sp.bos);
+            let eos = text_of(sp.eos.first().copied());
+            ModelTemplate::compile(src, bos.as_deref(), eos.as_deref())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, layout = template.kind(), "laying prompts out by the family layout instead")
+                })
+                .ok()
+        });
         Self {
             inner,
             source,
@@ -196,6 +212,7 @@ impl Tok {
             add_bos,
             add_eos: sp.add_eos.unwrap_or(false),
             template,
+            jinja,
             pieces,
             special,
         }
@@ -207,6 +224,11 @@ impl Tok {
 
     pub fn template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// Whether prompts are laid out by the model's own chat template.
+    pub fn uses_own_template(&self) -> bool {
+        self.jinja.is_some()
     }
 
     pub fn inner(&self) -> &Tokenizer {
@@ -266,8 +288,16 @@ impl Tok {
 
     /// The chat prompt up to the start of the assistant's turn.
     pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
-        let text = self.template.render(system, user)?;
-        self.encode(&text, self.add_bos)
+        let Some(jinja) = &self.jinja else {
+            let text = self.template.render(system, user)?;
+            return self.encode(&text, self.add_bos);
+        };
+        let text = jinja.render(system, user)?;
+        // A template that writes BOS itself gets it once, as its id.
+        match text.strip_prefix(jinja.bos_text()).filter(|_| !jinja.bos_text().is_empty()) {
+            Some(rest) => self.encode(rest, true),
+            None => self.encode(&text, self.add_bos),
+        }
     }
 
     /// A training sample: prompt, answer and end-of-turn token, with a mask
