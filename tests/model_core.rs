@@ -631,6 +631,59 @@ fn packed_segments_score_like_separate_sequences() {
     }
 }
 
+/// Inference and training score a sequence alike: the inference forward (its
+/// KV cache, causal mask and norms) and the training forward of a packed
+/// segment (segment mask, positions restarting per segment) give the same
+/// log-probabilities of the next tokens, so an adapter trained on one path is
+/// served by the other as it was trained. (The training paths are held to
+/// each other by the CPU-path tests in src/train/cpu.)
+#[test]
+fn inference_and_training_forwards_give_the_same_logprobs() {
+    for name in ["tiny-qwen2", "tiny-llama"] {
+        let base = tiny(name, QuantKind::Nf4);
+        let ad = live_adapter(&base.config, 11, 0.0);
+        let (a, c) = (&IDS[..3], &IDS[3..]);
+        // Targets are the next tokens of the second segment (its last one is scored against IDS[0]).
+        let mut tg: Vec<u32> = vec![0; IDS.len()];
+        tg[3..IDS.len() - 1].copy_from_slice(&c[1..]);
+        let packed = Batch {
+            input_ids: ids_tensor(&IDS),
+            targets: ids_tensor(&tg),
+            loss_mask: Tensor::ones((1, IDS.len()), DType::F32, &Device::Cpu).unwrap(),
+            segment_ids: Some(ids_tensor(&[0, 0, 0, 1, 1, 1, 1])),
+        };
+        let lp = base
+            .target_logprobs(&packed, Some(&ad))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a.len(), 3);
+        let logprobs =
+            |logits: Tensor| candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
+        // The inference kernels round activations to 8 bits on CPU (training
+        // multiplies in f32): ~1e-3 apart, where a wrong position or mask is ~1.
+        let check = |i: usize, served: &[f32], how: &str| {
+            let (want, got) = (served[c[i + 1] as usize], lp[3 + i]);
+            assert!(
+                (got - want).abs() < 5e-3 * want.abs().max(1.0),
+                "{name} position {i} ({how}): trained {got} served {want}"
+            );
+        };
+        // Decoding one token at a time through the KV cache…
+        let mut cache = base.new_cache();
+        for i in 0..c.len() - 1 {
+            let logits = base.forward(&ids_tensor(&c[i..i + 1]), &mut cache, Some(&ad)).unwrap();
+            check(i, &logprobs(logits)[0], "decode");
+        }
+        // …and a prefill under the causal mask.
+        let last = c.len() - 2;
+        let logits = base.forward(&ids_tensor(&c[..=last]), &mut base.new_cache(), Some(&ad)).unwrap();
+        check(last, &logprobs(logits)[0], "prefill");
+    }
+}
+
 /// The benchmark shape: Qwen2-1.5B with random NF4 weights must build one matrix at a
 /// time (run with `--release --ignored --nocapture`; prints resident bytes and peak RSS).
 #[test]
