@@ -1,5 +1,5 @@
-//! The model core: the [`Base`] model over frozen quantized weights (qwen2/llama
-//! decoder and its inference forward), configuration, weights and their loading
+//! The model core: the [`Base`] model over frozen quantized weights (the Llama-family
+//! decoder of decoder.rs and its inference forward), configuration, weights and their loading
 //! (GGUF, safetensors, NF4), LoRA adapters, the tokenizer and chat templates, and
 //! text generation.
 //!
@@ -11,6 +11,7 @@
 pub(crate) mod base;
 pub(crate) mod batch;
 pub mod config;
+mod decoder;
 pub mod error;
 pub mod generate;
 pub mod info;
